@@ -1,0 +1,42 @@
+"""Per-stage training settings (defaults after the paper's appendix C)."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from seedstory.config.base import Section
+
+
+class StageConfig(Section):
+    """One training stage as a Ray Train + DeepSpeed run."""
+
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    bf16: bool = True
+    micro_batch_size: int = Field(1, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    max_steps: int = Field(100, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.03, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(10, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0)
+    registered_model: str
+
+
+class TrainConfig(Section):
+    """The three stages of DESIGN.md's table."""
+
+    run_name: str | None = None
+    detokenizer_pretrain: StageConfig = Field(
+        default_factory=lambda: StageConfig(registered_model="seedstory-detokenizer")
+    )
+    story_instruct: StageConfig = Field(default_factory=lambda: StageConfig(registered_model="seedstory-mllm"))
+    detokenizer_adapt: StageConfig = Field(
+        default_factory=lambda: StageConfig(registered_model="seedstory-adapted-detokenizer", zero_stage=3)
+    )

@@ -1,0 +1,240 @@
+"""The embedded local stack: moto S3 server, MLflow tracking server, Ray head.
+
+Each service is a daemon this module starts as a session leader and stops by its recorded
+PID. Starting twice is a no-op for whatever is already up; a port held by anything else is
+an error that names the port and the service that wanted it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seedstory.config.infra import StackConfig
+from seedstory.stack.processes import PidRecord, StackError, port_in_use, read_pidfile, spawn, terminate, wait_until
+from seedstory.storage import S3Settings, ensure_bucket
+
+# The local S3 server accepts any credentials; these only make the SDKs sign requests.
+LOCAL_ACCESS_KEY = "seedstory-local"
+LOCAL_SECRET_KEY = "seedstory-local-secret"
+LOCAL_REGION = "us-east-1"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+@dataclass
+class Service:
+    name: str
+    ports: dict[str, int]
+    url: str
+    health_url: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    after_start: Callable[[], None] | None = None
+
+
+class LocalStack:
+    """The three local services, their state (PID files, logs, data) under ``config.state_dir``."""
+
+    def __init__(self, config: StackConfig, bucket: str = "seedstory"):
+        self.config = config
+        self.bucket = bucket
+        self.state_dir = config.state_dir.expanduser().resolve()
+        self.host = config.host
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://{self.host}:{self.config.s3_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.config.mlflow_port}"
+
+    @property
+    def ray_dashboard_url(self) -> str:
+        return f"http://{self.host}:{self.config.ray_dashboard_port}"
+
+    @property
+    def ray_gcs_address(self) -> str:
+        return f"{self.host}:{self.config.ray_gcs_port}"
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        """Ray's session directory; kept short because Ray puts unix sockets in it."""
+        candidate = self.state_dir / "ray"
+        if len(str(candidate)) <= 48:
+            return candidate
+        digest = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"seedstory-ray-{digest}"
+
+    def client_env(self) -> dict[str, str]:
+        """What a client (a job, a test, a shell) needs to reach this stack."""
+        return {
+            "AWS_ENDPOINT_URL": self.s3_url,
+            "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
+            "AWS_REGION": LOCAL_REGION,
+            "AWS_DEFAULT_REGION": LOCAL_REGION,
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
+            "RAY_ADDRESS": self.ray_dashboard_url,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "SEEDSTORY_BUCKET": self.bucket,
+        }
+
+    def _bin(self, name: str) -> str:
+        candidate = Path(sys.executable).parent / name
+        if candidate.exists():
+            return str(candidate)
+        found = shutil.which(name)
+        if not found:
+            raise StackError(f"cannot find the '{name}' executable next to {sys.executable} or on PATH")
+        return found
+
+    def services(self) -> list[Service]:
+        c, env = self.config, {**os.environ, **self.client_env()}
+        s3 = Service(
+            name="s3",
+            ports={"S3 API": c.s3_port},
+            url=self.s3_url,
+            health_url=f"{self.s3_url}/moto-api/",
+            command=[sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(c.s3_port)],
+            env=env,
+            after_start=lambda: ensure_bucket(self.bucket, S3Settings.from_env(self.client_env())),
+        )
+        mlflow = Service(
+            name="mlflow",
+            ports={"tracking server": c.mlflow_port},
+            url=self.mlflow_url,
+            health_url=f"{self.mlflow_url}/health",
+            command=[
+                self._bin("mlflow"), "server", "--host", self.host, "--port", str(c.mlflow_port),
+                "--backend-store-uri", f"sqlite:///{self.state_dir / 'mlflow.db'}",
+                "--artifacts-destination", f"s3://{self.bucket}/mlflow", "--workers", "1",
+            ],
+            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        ray_cmd = [
+            self._bin("ray"), "start", "--head", "--block",
+            "--node-ip-address", self.host, "--port", str(c.ray_gcs_port),
+            "--dashboard-host", self.host, "--dashboard-port", str(c.ray_dashboard_port),
+            "--ray-client-server-port", str(c.ray_client_port),
+            "--dashboard-agent-listen-port", str(c.ray_agent_port),
+            "--object-store-memory", str(c.ray_object_store_mb * 1024 * 1024),
+            "--temp-dir", str(self.ray_temp_dir), "--disable-usage-stats",
+        ]
+        if c.ray_num_cpus is not None:
+            ray_cmd += ["--num-cpus", str(c.ray_num_cpus)]
+        ray = Service(
+            name="ray",
+            ports={
+                "GCS": c.ray_gcs_port, "dashboard/job server": c.ray_dashboard_port,
+                "client server": c.ray_client_port, "dashboard agent": c.ray_agent_port,
+            },
+            url=self.ray_dashboard_url,
+            health_url=f"{self.ray_dashboard_url}/api/version",
+            command=ray_cmd,
+            env=env,
+            after_start=lambda: wait_until(
+                lambda: _http_ok(f"{self.ray_dashboard_url}/api/jobs/"),
+                timeout_s=c.start_timeout_s, what="Ray job server",
+            ),
+        )
+        return [s3, mlflow, ray]
+
+    def _pidfile(self, name: str) -> Path:
+        return self.state_dir / f"{name}.pid"
+
+    def _log(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def running(self, name: str) -> PidRecord | None:
+        record = read_pidfile(self._pidfile(name))
+        return record if record is not None and record.process() is not None else None
+
+    def up(self, only: list[str] | None = None, report: Callable[[str], None] = print) -> None:
+        """Start the services (``only`` a subset, in stack order) that are not already up."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._write_env_file()
+        for service in self.services():
+            if only is not None and service.name not in only:
+                continue
+            if self.running(service.name):
+                report(f"{service.name}: already up at {service.url}")
+                continue
+            taken = [f"{port} ({service.name} {label})" for label, port in service.ports.items() if port_in_use(self.host, port)]
+            if taken:
+                raise StackError(
+                    f"cannot start {service.name}: port {', '.join(taken)} on {self.host} is already in use by another "
+                    "process; free it or choose another port (stack.*_port in the config, or the Makefile's *_PORT variables)"
+                )
+            record = spawn(service.command, log=self._log(service.name), pidfile=self._pidfile(service.name),
+                           env=service.env, cwd=self.state_dir)
+            try:
+                wait_until(lambda s=service: _http_ok(s.health_url), timeout_s=self.config.start_timeout_s,
+                           what=service.name, log=self._log(service.name), record=record)
+                if service.after_start:
+                    service.after_start()
+            except Exception:
+                terminate(record)
+                self._pidfile(service.name).unlink(missing_ok=True)
+                raise
+            report(f"{service.name}: up at {service.url} (pid {record.pid}, log {self._log(service.name)})")
+
+    def down(self, report: Callable[[str], None] = print) -> None:
+        for service in reversed(self.services()):
+            record = read_pidfile(self._pidfile(service.name))
+            if record is None or record.process() is None:
+                report(f"{service.name}: not running")
+            else:
+                ended = terminate(record)
+                report(f"{service.name}: stopped ({len(ended)} processes)")
+            self._pidfile(service.name).unlink(missing_ok=True)
+
+    def status(self) -> dict[str, dict]:
+        out = {}
+        for service in self.services():
+            record = self.running(service.name)
+            out[service.name] = {
+                "up": record is not None and _http_ok(service.health_url),
+                "pid": record.pid if record else None,
+                "url": service.url,
+                "log": str(self._log(service.name)),
+            }
+        return out
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / "env.sh"
+
+    def _write_env_file(self) -> None:
+        """A shell file to ``source``; written 0600 since it holds the (local, dummy) credentials."""
+        lines = [f"export {key}={value}" for key, value in self.client_env().items()]
+        self.env_file.touch(mode=0o600, exist_ok=True)
+        self.env_file.write_text("\n".join(lines) + "\n")
+
+
+def stack_from_env_file(path: Path) -> dict[str, str]:
+    """Parse an ``env.sh`` written by :class:`LocalStack` (for tools that cannot ``source``)."""
+    env = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, value = line[len("export "):].split("=", 1)
+            env[key] = value
+    return env
+

@@ -1,0 +1,129 @@
+"""Start, identify and stop the stack's daemons by PID, never by name.
+
+A PID file holds the PID and the process's start time: a recycled PID that now belongs to
+someone else's process is never mistaken for ours, and never killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+
+class StackError(RuntimeError):
+    """The local stack cannot do what was asked; the message says which service and why."""
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    pid: int
+    create_time: float
+
+    def process(self) -> psutil.Process | None:
+        """The live process this record names, or None if it has exited (or the PID was reused)."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except psutil.NoSuchProcess:
+            return None
+
+
+def read_pidfile(path: Path) -> PidRecord | None:
+    try:
+        data = json.loads(path.read_text())
+        return PidRecord(int(data["pid"]), float(data["create_time"]))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def spawn(command: Sequence[str], *, log: Path, pidfile: Path, env: Mapping[str, str], cwd: Path) -> PidRecord:
+    """Start ``command`` as the leader of a new session, so that stopping it can take its whole group."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            list(command), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=dict(env), cwd=cwd, start_new_session=True,
+        )
+    record = PidRecord(proc.pid, psutil.Process(proc.pid).create_time())
+    pidfile.write_text(json.dumps({"pid": record.pid, "create_time": record.create_time, "command": list(command)}))
+    return record
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+        except (ProcessLookupError, psutil.Error, PermissionError):
+            continue
+    return members
+
+
+def terminate(record: PidRecord, timeout_s: float = 20.0) -> list[int]:
+    """SIGTERM the leader's process group and descendants, SIGKILL what is left; returns the PIDs ended."""
+    leader = record.process()
+    if leader is None:
+        return []
+    try:
+        tree = [leader, *leader.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = [leader]
+    targets = {p.pid: p for p in [*tree, *_group_members(record.pid)]}
+    for proc in targets.values():
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(targets.values()), timeout=timeout_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return sorted(targets)
+
+
+def wait_until(check, *, timeout_s: float, what: str, log: Path | None = None, record: PidRecord | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if record is not None and record.process() is None:
+            raise StackError(f"{what} exited during start-up; see {log}:\n{_tail(log)}")
+        time.sleep(0.25)
+    raise StackError(f"{what} was not ready after {timeout_s:.0f}s; see {log}:\n{_tail(log)}")
+
+
+def _tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.exists():
+        return ""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,68 @@
+"""Session-scoped real services: one moto S3 server, one MLflow server, one Ray head.
+
+Fixtures start only what a test asks for, on free ports, and stop it all at the end of the
+session, so the suite passes on a fresh clone with nothing running beforehand.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from seedstory.config.infra import StackConfig
+from seedstory.stack import LocalStack, free_port
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def free_stack_config(state_dir) -> StackConfig:
+    return StackConfig(
+        state_dir=state_dir, s3_port=free_port(), mlflow_port=free_port(), ray_gcs_port=free_port(),
+        ray_dashboard_port=free_port(), ray_client_port=free_port(), ray_agent_port=free_port(),
+        ray_object_store_mb=512, start_timeout_s=120,
+    )
+
+
+@pytest.fixture(scope="session")
+def session_stack(tmp_path_factory):
+    stack = LocalStack(free_stack_config(tmp_path_factory.mktemp("stack")), bucket="seedstory-test")
+    saved = dict(os.environ)
+    os.environ.update(stack.client_env())
+    yield stack
+    stack.down(report=lambda _: None)
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def s3(session_stack) -> LocalStack:
+    """The local S3 server, with the test bucket created; the environment points at it."""
+    session_stack.up(only=["s3"], report=lambda _: None)
+    return session_stack
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3) -> LocalStack:
+    s3.up(only=["s3", "mlflow"], report=lambda _: None)
+    return s3
+
+
+@pytest.fixture(scope="session")
+def ray_head(mlflow_server) -> LocalStack:
+    mlflow_server.up(report=lambda _: None)
+    return mlflow_server
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head):
+    """A driver in the test process connected to the session's Ray head."""
+    import ray
+
+    ray.init(address=ray_head.ray_gcs_address, log_to_driver=False)
+    yield ray_head
+    ray.shutdown()
