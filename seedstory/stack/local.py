@@ -107,7 +107,10 @@ class LocalStack:
         return found
 
     def services(self) -> list[Service]:
-        c, env = self.config, {**os.environ, **self.client_env()}
+        c = self.config
+        # Jobs run `python ...` through the shell: the stack's own interpreter must come first.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = {**os.environ, **self.client_env(), "PATH": path}
         s3 = Service(
             name="s3",
             ports={"S3 API": c.s3_port},

@@ -1,0 +1,50 @@
+"""How the story loop generates: the KV cache and the segment budget."""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from seedstory.config.base import Section
+
+
+class AttentionSinkConfig(Section):
+    """The KV cache of the story loop (DESIGN.md, multimodal attention sink).
+
+    Anchor defaults follow the paper's appendix D (Table 5): BOI..IMG04 and IMG56..IMG63, EOI
+    receive the attention, i.e. [BOI, BOI+5] and [EOI-8, EOI].
+    """
+
+    mode: Literal["dense", "window", "sink", "mm-sink"] = "mm-sink"
+    sink_tokens: int = Field(4, ge=0)
+    window: int = Field(1024, ge=1)
+    boi_before: int = Field(0, ge=0)
+    boi_after: int = Field(5, ge=0)
+    eoi_before: int = Field(8, ge=0)
+    eoi_after: int = Field(0, ge=0)
+    max_anchored_images: int = Field(8, ge=0)
+    positions: Literal["absolute", "rerotate"] = "absolute"
+
+
+class StoryConfig(Section):
+    """The interleaved story loop: how many segments, how text is sampled, what bounds a segment.
+
+    A model that never emits BOI must not loop forever: after ``max_text_tokens`` text tokens in
+    one segment the loop either forces BOI (``on_text_budget: force-image``) or stops the story
+    with the outcome ``text-budget-exhausted`` (``stop``).
+    """
+
+    segments: int = Field(10, ge=1)
+    max_text_tokens: int = Field(64, ge=1)
+    on_text_budget: Literal["force-image", "stop"] = "stop"
+    sampling: Literal["greedy", "sample"] = "greedy"
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    seed: int = 0
+    context: Literal["cache", "recompute-window"] = "cache"
+    recompute_segments: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _sampling_knobs_need_sampling(self) -> "StoryConfig":
+        if self.sampling == "greedy" and (self.temperature != 1.0 or self.top_k != 0):
+            raise ValueError("temperature/top_k only apply with sampling: sample")
+        return self
