@@ -7,11 +7,14 @@ session, so the suite passes on a fresh clone with nothing running beforehand.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from seedstory.config.infra import StackConfig
 from seedstory.stack import LocalStack, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -63,6 +66,8 @@ def ray_cluster(ray_head):
     """A driver in the test process connected to the session's Ray head."""
     import ray
 
-    ray.init(address=ray_head.ray_gcs_address, log_to_driver=False)
+    # Workers import functions defined in test modules by reference: give them the repo root.
+    ray.init(address=ray_head.ray_gcs_address, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
     yield ray_head
     ray.shutdown()

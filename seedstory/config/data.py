@@ -1,29 +1,54 @@
 """Where the StoryStream data lives and how stage samples are cut from it."""
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from seedstory.config.base import Section
 
 
 class ToyWorldConfig(Section):
-    """The synthetic toy world written in the released StoryStream format."""
+    """The synthetic toy world written in the released StoryStream format (seedstory.data.toyworld)."""
 
     stories: int = Field(64, ge=1)
-    max_frames: int = Field(30, ge=1, le=30)
-    min_frames: int = Field(10, ge=1, le=30)
-    image_size: int = Field(64, ge=16)
+    max_frames: int = Field(30, ge=2, le=30)
+    min_frames: int = Field(10, ge=2, le=30)
+    image_size: int = Field(64, ge=32)
+    image_format: Literal["jpg", "png"] = "jpg"
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     uri: str = "s3://seedstory/toyworld"
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "ToyWorldConfig":
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) must not exceed max_frames ({self.max_frames})")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave some stories for training")
+        return self
+
 
 class DataConfig(Section):
-    """StoryStream as released: JSON Lines (one story per line) plus an image root."""
+    """StoryStream as released: JSON Lines (one story per line, globs allowed) plus an image root."""
 
     train_jsonl: list[str] = Field(default_factory=lambda: ["s3://seedstory/toyworld/train.jsonl"])
     val_jsonl: list[str] = Field(default_factory=lambda: ["s3://seedstory/toyworld/val.jsonl"])
+    test_jsonl: list[str] = Field(default_factory=lambda: ["s3://seedstory/toyworld/test.jsonl"])
     image_root: str = "s3://seedstory/toyworld/images"
     window_frames: int = Field(10, ge=2, le=30)
+    min_context_frames: int = Field(1, ge=0)
     max_length: int = Field(1024, ge=16)
     failure_budget: float = Field(0.01, ge=0, le=1)
     seed: int = 0
+    decode_concurrency: int = Field(1, ge=1)
+    actor_cpus: float = Field(0.25, gt=0)
+    preprocess_batch_size: int = Field(8, ge=1)
     toy: ToyWorldConfig = Field(default_factory=ToyWorldConfig)
+
+    @model_validator(mode="after")
+    def _context_fits(self) -> "DataConfig":
+        if self.min_context_frames >= self.window_frames:
+            raise ValueError(f"min_context_frames ({self.min_context_frames}) must be below window_frames "
+                             f"({self.window_frames}): a window needs a target frame")
+        return self

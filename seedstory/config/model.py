@@ -1,14 +1,32 @@
-"""Model shapes. The ``tiny`` and ``paper`` presets in ``seedstory/configs`` fill these in."""
+"""Model shapes. The ``tiny`` and ``paper`` presets in ``seedstory/configs`` fill these in.
 
+Every ``weights`` / ``tokenizer`` field is a local path or an ``s3://`` URI of a folder in its
+ecosystem's format (HF transformers folder, diffusers folder, Qwen-VL safetensors); ``null``
+means random initialisation. Nothing is ever fetched from a model hub.
+"""
+
+from __future__ import annotations
+
+import math
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from seedstory.config.base import Section
 
 
+def _require_square(name: str, value: int) -> None:
+    if math.isqrt(value) ** 2 != value:
+        raise ValueError(f"{name} must be a square number (queries sit on a 2-D grid), got {value}")
+
+
 class ViTConfig(Section):
-    """Visual tokenizer (Qwen-VL ViT-G shape in the paper preset)."""
+    """Visual tokenizer (Qwen-VL ViT-G shape in the paper preset).
+
+    ``position_grid`` is the side of the stored patch-position table (Qwen-VL keeps a 16x16
+    table and interpolates it to the patch grid); ``pool_heads`` are the heads of the attention
+    pool (Qwen-VL: ``output_dim // 128``).
+    """
 
     image_size: int = Field(448, ge=14)
     patch_size: int = Field(14, ge=1)
@@ -16,21 +34,38 @@ class ViTConfig(Section):
     layers: int = Field(48, ge=1)
     heads: int = Field(16, ge=1)
     mlp_ratio: float = Field(4.9231, gt=0)
+    position_grid: int = Field(16, ge=1)
     num_queries: int = Field(256, ge=1)
+    pool_heads: int = Field(32, ge=1)
     output_dim: int = Field(4096, ge=8)
     weights: str | None = None
 
+    @model_validator(mode="after")
+    def _shapes(self) -> ViTConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.output_dim % self.pool_heads:
+            raise ValueError(f"output_dim {self.output_dim} is not divisible by pool_heads {self.pool_heads}")
+        _require_square("num_queries", self.num_queries)
+        return self
+
 
 class ResamplerConfig(Section):
-    """A Q-Former-style resampler: learned queries cross-attending a token sequence."""
+    """A Qwen-VL-style resampler (as in SEED-X): learned queries cross-attending a token grid."""
 
     num_queries: int = Field(64, ge=1)
     heads: int = Field(32, ge=1)
-    layers: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _square(self) -> ResamplerConfig:
+        _require_square("num_queries", self.num_queries)
+        return self
 
 
 class LLMConfig(Section):
-    """A LLaMA-style decoder (LLaMA-2-7B in the paper preset)."""
+    """A LLaMA-style decoder (LLaMA-2-7B in the paper preset); ``vocab_size`` is before image tokens."""
 
     hidden_size: int = Field(4096, ge=8)
     intermediate_size: int = Field(11008, ge=8)
@@ -46,7 +81,11 @@ class LLMConfig(Section):
 
 
 class LoRAConfig(Section):
-    """peft LoRA. Paper appendix C.2: r=6, alpha=32 on the seven projections."""
+    """peft LoRA. Paper appendix C.2: r=6, alpha=32 on the seven projections.
+
+    ``modules_to_save`` are trained in full and saved with the adapter (stage 2 trains the
+    norms); the new tokens' embedding and output rows train through peft's trainable tokens.
+    """
 
     r: int = Field(6, ge=1)
     alpha: int = Field(32, ge=1)
@@ -54,6 +93,7 @@ class LoRAConfig(Section):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    modules_to_save: list[str] = Field(default_factory=lambda: ["input_layernorm", "post_attention_layernorm", "norm"])
 
 
 class UNetConfig(Section):
@@ -76,6 +116,15 @@ class UNetConfig(Section):
     norm_num_groups: int = Field(32, ge=1)
     weights: str | None = None
 
+    @model_validator(mode="after")
+    def _blocks(self) -> UNetConfig:
+        counts = {len(self.block_out_channels), len(self.transformer_layers_per_block), len(self.attention_head_dim),
+                  len(self.down_block_types), len(self.up_block_types)}
+        if len(counts) != 1:
+            raise ValueError("block_out_channels, transformer_layers_per_block, attention_head_dim, "
+                             "down_block_types and up_block_types must have one entry per resolution")
+        return self
+
 
 class VAEConfig(Section):
     """A diffusers AutoencoderKL (SD-XL VAE in the paper preset)."""
@@ -87,17 +136,29 @@ class VAEConfig(Section):
     scaling_factor: float = Field(0.13025, gt=0)
     weights: str | None = None
 
+    @property
+    def downsampling(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
 
 class ConditionAdapterConfig(Section):
     """Maps ViT-shaped features to SD-XL's ``encoder_hidden_states`` and pooled ``text_embeds``."""
 
     num_tokens: int = Field(64, ge=1)
     heads: int = Field(32, ge=1)
-    layers: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _square(self) -> ConditionAdapterConfig:
+        _require_square("num_tokens", self.num_tokens)
+        return self
 
 
 class SchedulerConfig(Section):
-    """The diffusion noise schedule (SD-XL's scaled-linear DDPM betas by default)."""
+    """The diffusion noise schedule (SD-XL's scaled-linear DDPM betas) and the sampler's defaults.
+
+    ``guidance_scale`` > 1 applies classifier-free guidance against all-zero features (the
+    condition dropped by ``LossConfig.condition_dropout`` while training).
+    """
 
     num_train_timesteps: int = Field(1000, ge=10)
     beta_start: float = Field(0.00085, gt=0)
@@ -105,22 +166,28 @@ class SchedulerConfig(Section):
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     inference_steps: int = Field(30, ge=1)
+    guidance_scale: float = Field(1.0, ge=1.0)
 
 
 class LossConfig(Section):
-    """Weights of each loss term."""
+    """Weights of each loss term, and how often stage 1/3 drop the image condition (for guidance)."""
 
     text_ce: float = Field(1.0, ge=0)
     image_cosine: float = Field(1.0, ge=0)
     diffusion_mse: float = Field(1.0, ge=0)
+    condition_dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class ModelConfig(Section):
-    """Every component of SEED-Story; ``preset`` names which shipped shape set this is."""
+    """Every component of SEED-Story; ``preset`` names which shipped shape set this is.
+
+    ``dtype`` is the dtype real weights are loaded in (random-init models are built in float32).
+    """
 
     preset: str = "paper"
     image_tokens: int = Field(64, ge=1)
     sd_image_size: int = Field(1024, ge=8)
+    dtype: Literal["float32", "bfloat16"] = "float32"
     vit: ViTConfig = Field(default_factory=ViTConfig)
     input_resampler: ResamplerConfig = Field(default_factory=ResamplerConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
@@ -131,3 +198,17 @@ class ModelConfig(Section):
     vae: VAEConfig = Field(default_factory=VAEConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.input_resampler.num_queries != self.image_tokens:
+            raise ValueError(f"input_resampler.num_queries ({self.input_resampler.num_queries}) must equal "
+                             f"image_tokens ({self.image_tokens}): one query per image-token position")
+        if self.output_resampler.num_queries != self.vit.num_queries:
+            raise ValueError(f"output_resampler.num_queries ({self.output_resampler.num_queries}) must equal "
+                             f"vit.num_queries ({self.vit.num_queries}): it regresses ViT features")
+        _require_square("image_tokens", self.image_tokens)
+        if self.unet.sample_size * self.vae.downsampling != self.sd_image_size:
+            raise ValueError(f"unet.sample_size ({self.unet.sample_size}) x the VAE's downsampling "
+                             f"({self.vae.downsampling}) must equal sd_image_size ({self.sd_image_size})")
+        return self

@@ -1,0 +1,1 @@
+"""StoryStream data: the released format, bad-record accounting, stage samples, Ray Data pipelines."""

@@ -1,0 +1,62 @@
+"""Training samples for each stage, cut from one valid story (numpy, ready for Ray Data).
+
+stage 1: every frame -> ViT input + SD target with SD-XL size/crop conditioning.
+stage 2: random-length windows -> token layout, labels, image-token mask, ViT input of every
+         frame in the window (context frames first, the target last).
+stage 3: stage 2 + the target frame at SD resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from seedstory.data.images import decode_image
+from seedstory.data.layout import StoryLayout
+from seedstory.data.pixels import sd_target, vit_pixels
+from seedstory.data.windows import story_windows
+
+
+def stage1_samples(frames: Sequence[bytes], vit_size: int, sd_size: int) -> Iterator[dict[str, np.ndarray]]:
+    for data in frames:
+        image = decode_image(data)
+        sd_pixels, time_ids = sd_target(image, sd_size)
+        yield {"vit_pixels": vit_pixels(image, vit_size), "sd_pixels": sd_pixels, "add_time_ids": time_ids}
+
+
+@dataclass
+class WindowSampler:
+    """Stage-2 (and, with ``sd_size``, stage-3) samples; counts the windows dropped as too long."""
+
+    tokenizer: PreTrainedTokenizerBase
+    image_tokens: int
+    vit_size: int
+    window_frames: int
+    min_context: int
+    max_length: int
+    seed: int
+    sd_size: int | None = None
+    dropped_too_long: int = 0
+    layout: StoryLayout = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.layout = StoryLayout(self.tokenizer, self.image_tokens)
+
+    def samples(self, key: str, captions: Sequence[str], frames: Sequence[bytes], epoch: int = 0) -> Iterator[dict]:
+        for window in story_windows(key, len(captions), self.window_frames, self.min_context, self.seed, epoch):
+            tokens = self.layout.build([captions[i] for i in window.frames])
+            if len(tokens) > self.max_length:
+                self.dropped_too_long += 1
+                continue
+            images = [decode_image(frames[i]) for i in window.frames]
+            sample = {
+                "key": key, "start": window.start, "num_images": len(images),
+                "input_ids": tokens.input_ids, "labels": tokens.labels, "image_mask": tokens.image_mask,
+                "vit_pixels": np.stack([vit_pixels(image, self.vit_size) for image in images]),
+            }
+            if self.sd_size is not None:
+                sample["sd_pixels"], sample["add_time_ids"] = sd_target(images[-1], self.sd_size)
+            yield sample
