@@ -18,6 +18,10 @@ class StageConfig(Section):
     micro_batch_size: int = Field(1, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
     max_steps: int = Field(100, ge=1)
+    stop_at_step: int | None = Field(
+        None, ge=1, description="end this submission after this step; the schedule still spans max_steps "
+        "and re-submitting the same run name continues (time-boxed or preemptible clusters)",
+    )
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.03, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)

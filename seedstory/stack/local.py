@@ -91,7 +91,8 @@ class LocalStack:
             "AWS_DEFAULT_REGION": LOCAL_REGION,
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
-            "RAY_ADDRESS": self.ray_dashboard_url,
+            "RAY_ADDRESS": self.ray_gcs_address,
+            "RAY_API_SERVER_ADDRESS": self.ray_dashboard_url,
             "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",
             "SEEDSTORY_BUCKET": self.bucket,
@@ -111,6 +112,7 @@ class LocalStack:
         # Jobs run `python ...` through the shell: the stack's own interpreter must come first.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         env = {**os.environ, **self.client_env(), "PATH": path}
+        del env["RAY_ADDRESS"]  # the head must start its own cluster, not join the one a client points at
         s3 = Service(
             name="s3",
             ports={"S3 API": c.s3_port},

@@ -1,0 +1,1 @@
+"""Ray Train + DeepSpeed mechanics shared by the three training stages."""

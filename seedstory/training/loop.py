@@ -1,0 +1,152 @@
+"""The per-worker training loop every stage shares (the function Ray Train runs on each worker).
+
+Step = one optimizer step (``grad_accum_steps`` micro-batches on every worker). Rank 0 logs
+progress and sends metrics to the stage's MLflow run; every rank takes part in checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import deepspeed
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from seedstory.config import SeedStoryConfig
+from seedstory.training import checkpoints
+from seedstory.training.deepspeed_engine import compute_dtype, initialize
+from seedstory.training.progress import StepClock
+from seedstory.training.recipe import recipe_class
+
+log = logging.getLogger("seedstory.training")
+
+
+@dataclass
+class LoopSpec:
+    """Everything a worker needs, as plain data (it travels to every worker)."""
+
+    stage: str
+    recipe: str
+    config: dict[str, Any]
+    export_uri: str
+    sources: dict[str, str] = field(default_factory=dict)
+    mlflow_tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    log_every: int = 1
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {
+        key: value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        for key, value in batch.items()
+    }
+
+
+def _mean_across_ranks(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    names = sorted(terms)
+    values = torch.stack([terms[name].detach().float().reshape(()) for name in names])
+    dist.all_reduce(values)
+    values /= dist.get_world_size()
+    return dict(zip(names, values.tolist()))
+
+
+class RankZeroMetrics:
+    def __init__(self, spec: LoopSpec) -> None:
+        self.client = MlflowClient(spec.mlflow_tracking_uri) if spec.mlflow_run_id else None
+        self.run_id = spec.mlflow_run_id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def train_worker(spec_dict: dict[str, Any]) -> None:
+    spec = LoopSpec(**spec_dict)
+    config = SeedStoryConfig.model_validate(spec.config)
+    stage = getattr(config.train, spec.stage)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(config.data.seed + rank)
+
+    recipe = recipe_class(spec.recipe)(config, spec.sources)
+    engine = initialize(recipe.build(), stage, world)
+    dtype = compute_dtype(stage)
+
+    state = checkpoints.TrainState()
+    if (latest := ray.train.get_checkpoint()) is not None:
+        state = checkpoints.restore(engine, latest)
+        if rank == 0:
+            print(f"resumed from {latest.path} at step {state.step} (epoch {state.epoch}, "
+                  f"batch {state.batches_in_epoch})", flush=True)
+
+    shard = ray.train.get_dataset_shard("train")
+    collate = recipe.collate()
+    metrics_sink = RankZeroMetrics(spec) if rank == 0 else None
+    clock = StepClock(total_steps=stage.max_steps, start_step=state.step)
+    accumulated: dict[str, list[torch.Tensor]] = {}
+
+    last_step = min(stage.max_steps, stage.stop_at_step or stage.max_steps)
+    while state.step < last_step:
+        batches = shard.iter_torch_batches(batch_size=stage.micro_batch_size, collate_fn=collate, drop_last=True)
+        delivered = 0
+        for index, batch in enumerate(batches):
+            delivered += 1
+            if index < state.batches_in_epoch:
+                continue
+            clock.batch_arrived()
+            terms = engine(_to_device(batch, device, dtype))
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.backward(terms["loss"])
+            engine.step()
+            state.batches_in_epoch = index + 1
+            for name, value in terms.items():
+                accumulated.setdefault(name, []).append(value.detach())
+            clock.batch_done(samples=next(iter(batch.values())).shape[0] * world)
+            if not boundary:
+                continue
+            state.step += 1
+            losses = _mean_across_ranks({k: torch.stack(v).mean() for k, v in accumulated.items()})
+            accumulated.clear()
+            metrics = {**losses, "lr": engine.get_lr()[0], **clock.interval()}
+            grad_norm = engine.get_global_grad_norm()
+            if grad_norm is not None:
+                metrics["grad_norm"] = float(grad_norm)
+            if metrics_sink is not None:
+                metrics_sink.log(metrics, state.step)
+                if state.step % spec.log_every == 0 or state.step == stage.max_steps:
+                    print(clock.line(state.step, losses["loss"], metrics), flush=True)
+            if state.step % stage.checkpoint_every == 0 or state.step == last_step:
+                checkpoints.save(engine, state, metrics)
+            if state.step >= last_step:
+                break
+        else:
+            if delivered == 0:
+                raise RuntimeError(
+                    f"the training data yielded no batch of {stage.micro_batch_size} on rank {rank}: "
+                    "the dataset is empty or smaller than one micro-batch per worker"
+                )
+            state.epoch += 1
+            state.batches_in_epoch = 0
+
+    if state.step >= stage.max_steps:
+        _export(engine, recipe, spec, stage.zero_stage, rank)
+
+
+def _export(engine: deepspeed.DeepSpeedEngine, recipe, spec: LoopSpec, zero_stage: int, rank: int) -> None:
+    """ZeRO-3 partitions parameters: gather them on every rank, write from rank 0."""
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero_stage == 3):
+        if rank == 0:
+            written = recipe.export(engine.module, spec.export_uri)
+            print(f"exported {', '.join(f'{k} -> {v}' for k, v in written.items())}", flush=True)
+    dist.barrier()
