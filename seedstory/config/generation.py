@@ -24,6 +24,15 @@ class AttentionSinkConfig(Section):
     max_anchored_images: int = Field(8, ge=0)
     positions: Literal["absolute", "rerotate"] = "absolute"
 
+    @model_validator(mode="after")
+    def _anchor_reachable(self) -> "AttentionSinkConfig":
+        if self.boi_before > self.window:
+            raise ValueError(
+                f"boi_before ({self.boi_before}) must not exceed window ({self.window}): tokens before a BOI "
+                "would leave the window before the image is declared, so they could never be anchored"
+            )
+        return self
+
 
 class StoryConfig(Section):
     """The interleaved story loop: how many segments, how text is sampled, what bounds a segment.
@@ -42,6 +51,7 @@ class StoryConfig(Section):
     seed: int = 0
     context: Literal["cache", "recompute-window"] = "cache"
     recompute_segments: int = Field(10, ge=1)
+    cache: AttentionSinkConfig = Field(default_factory=AttentionSinkConfig)
 
     @model_validator(mode="after")
     def _sampling_knobs_need_sampling(self) -> "StoryConfig":

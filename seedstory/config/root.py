@@ -4,6 +4,7 @@ from pydantic import Field
 
 from seedstory.config.base import Section
 from seedstory.config.data import DataConfig
+from seedstory.config.generation import StoryConfig
 from seedstory.config.infra import StackConfig, StorageConfig, TrackingConfig
 from seedstory.config.model import ModelConfig
 from seedstory.config.serve import ServeConfig
@@ -17,4 +18,5 @@ class SeedStoryConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    story: StoryConfig = Field(default_factory=StoryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)

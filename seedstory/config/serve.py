@@ -3,7 +3,6 @@
 from pydantic import Field
 
 from seedstory.config.base import Section
-from seedstory.config.generation import AttentionSinkConfig
 
 
 class DeploymentConfig(Section):
@@ -16,6 +15,3 @@ class DeploymentConfig(Section):
 class ServeConfig(Section):
     generator: DeploymentConfig = Field(default_factory=DeploymentConfig)
     decoder: DeploymentConfig = Field(default_factory=DeploymentConfig)
-    cache: AttentionSinkConfig = Field(default_factory=AttentionSinkConfig)
-    max_segments: int = Field(50, ge=1)
-    max_tokens_per_segment: int = Field(128, ge=1)

@@ -1,0 +1,1 @@
+"""Generation: the multimodal attention-sink KV cache and the interleaved story loop."""

@@ -1,0 +1,237 @@
+"""The interleaved story loop: text until BOI, an image's features, the features back in as context.
+
+Per segment: sample text tokens (one forward each) until the model emits BOI; run BOI + the N
+image-query embeddings as a *preview* forward (it attends to the cache but leaves it untouched)
+and regress the hidden states at the N query positions to ViT-shaped features; yield the segment;
+then commit BOI + ``embed_image(features)`` + EOI + the segment separator (``[INST]``) to the
+cache, so the next segment sees the image exactly as training shows a context image. The decoded
+image is never re-encoded, so decoding (the optional ``decoder`` callback, or the caller) is off
+the critical path.
+
+``context: recompute-window`` reproduces the public reference instead: every segment re-encodes
+BOS + the last K segments from scratch into a fresh dense cache.
+
+A segment that reaches ``max_text_tokens`` without BOI either gets BOI forced
+(``on_text_budget: force-image``, flagged in its stats) or ends the story with the outcome
+``text-budget-exhausted``; EOS in the text ends it with ``eos``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+import torch
+
+from seedstory.config.generation import AttentionSinkConfig, StoryConfig
+from seedstory.generation.sampling import TokenSampler
+from seedstory.generation.sink_cache import SinkCache
+
+
+class ImageTokens(Protocol):
+    boi: int
+    eoi: int
+    image: tuple[int, ...]
+
+
+class StoryModel(Protocol):
+    """What the loop needs from the MLLM (``seedstory.models.mllm.SeedStoryMLLM`` provides it)."""
+
+    layout: ImageTokens
+    llm: Any
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+    def embed_image(self, features: torch.Tensor) -> torch.Tensor: ...
+    def image_query_embeds(self) -> torch.Tensor: ...
+    def regress(self, hidden: torch.Tensor) -> torch.Tensor: ...
+    def step(self, inputs_embeds: torch.Tensor, cache: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class Outcome(str, Enum):
+    COMPLETED = "completed"
+    EOS = "eos"
+    TEXT_BUDGET_EXHAUSTED = "text-budget-exhausted"
+
+
+@dataclass
+class SegmentStats:
+    wall_s: float
+    text_tokens: int
+    decode_steps: int
+    decode_s: float
+    kv_bytes: int
+    held_tokens: int
+    forced_image: bool
+
+    @property
+    def token_latency_s(self) -> float:
+        """Mean wall time of one single-token decode forward in this segment."""
+        return self.decode_s / self.decode_steps if self.decode_steps else float("nan")
+
+
+@dataclass
+class Segment:
+    index: int
+    text_ids: list[int]
+    features: torch.Tensor
+    stats: SegmentStats
+    image: Any = None
+
+
+@dataclass
+class StoryStart:
+    """The prompt: ``token_ids`` (BOS first, then the opening caption) and optionally the opening image's features.
+
+    ``recompute-window`` keeps ``token_ids[0]`` (BOS) and re-encodes the opening caption and image
+    like any other segment once they fall inside the window.
+    """
+
+    token_ids: list[int]
+    image_features: torch.Tensor | None = None
+
+
+@dataclass
+class Story:
+    """Iterate it for segments; ``outcome`` says why it stopped once the iteration ends."""
+
+    segments: Iterator[Segment]
+    outcome: Outcome | None = None
+
+    def __iter__(self) -> Iterator[Segment]:
+        return self.segments
+
+
+class _Stop(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+class StoryGenerator:
+    """Generates stories with one model; every story's state (its cache, its sampler's RNG) lives in
+    the iterator ``generate`` returns, so stories can be advanced interleaved in one process."""
+
+    def __init__(self, model: StoryModel, story: StoryConfig, cache: AttentionSinkConfig, *,
+                 eos_id: int, separator_ids: Sequence[int] = (),
+                 decoder: Callable[[torch.Tensor], Any] | None = None) -> None:
+        self.model = model
+        self.config = story
+        self.cache_config = cache
+        self.eos_id = eos_id
+        self.separator_ids = list(separator_ids)
+        self.decoder = decoder
+
+    def generate(self, start: StoryStart) -> Story:
+        story = Story(segments=iter(()))
+        story.segments = self._run(start, story)
+        return story
+
+    @property
+    def _device(self) -> torch.device:
+        return self.model.llm.device
+
+    def _ids(self, ids: Sequence[int]) -> torch.Tensor:
+        return self.model.embed_tokens(torch.tensor([list(ids)], device=self._device))
+
+    def _image_block(self, features: torch.Tensor) -> torch.Tensor:
+        """[1, N + 2 + len(separator), D]: BOI, the context image's N embeddings, EOI, separator."""
+        layout = self.model.layout
+        boi = self._ids([layout.boi])
+        parts = [boi, self.model.embed_image(features[None]).to(boi.dtype), self._ids([layout.eoi])]
+        if self.separator_ids:
+            parts.append(self._ids(self.separator_ids))
+        return torch.cat(parts, dim=1)
+
+    def _append(self, cache: SinkCache, embeds: torch.Tensor, image_at: int | None = None) -> torch.Tensor:
+        """Commit ``embeds`` to the cache (declaring an image whose BOI is ``image_at`` into it); last logits."""
+        if image_at is not None:
+            boi = cache.seen_tokens + image_at
+            cache.add_image(boi, boi + len(self.model.layout.image) + 1)
+        logits, _ = self.model.step(embeds, cache, logits_to_keep=1)
+        return logits[0, -1]
+
+    def _prefill(self, cache: SinkCache, head: list[int], entries: Sequence[tuple[list[int], torch.Tensor]],
+                 tail: list[int]) -> torch.Tensor:
+        """``head`` ids, each (text, image) entry, then ``tail`` ids; returns the logits after the last token."""
+        logits = self._append(cache, self._ids(head))
+        for text, features in entries:
+            if text:
+                logits = self._append(cache, self._ids(text))
+            logits = self._append(cache, self._image_block(features), image_at=0)
+        if tail:
+            logits = self._append(cache, self._ids(tail))
+        return logits
+
+    def _text(self, cache: SinkCache, logits: torch.Tensor, sampler: TokenSampler
+              ) -> tuple[list[int], float, int, bool]:
+        """Decode until BOI; returns (text ids, decode seconds, decode forwards, BOI was forced)."""
+        ids: list[int] = []
+        decode_s = 0.0
+        while True:
+            token = sampler(logits)
+            if token == self.model.layout.boi:
+                return ids, decode_s, len(ids), False
+            if token == self.eos_id:
+                raise _Stop(Outcome.EOS)
+            began = time.perf_counter()
+            logits = self._append(cache, self._ids([token]))
+            decode_s += time.perf_counter() - began
+            ids.append(token)
+            if len(ids) >= self.config.max_text_tokens:
+                if self.config.on_text_budget == "stop":
+                    raise _Stop(Outcome.TEXT_BUDGET_EXHAUSTED)
+                return ids, decode_s, len(ids), True
+
+    def _image(self, cache: SinkCache) -> torch.Tensor:
+        """Features [Nv, Dv] of the image the model is about to draw (the cache is left unchanged)."""
+        boi = self._ids([self.model.layout.boi])
+        embeds = torch.cat([boi, self.model.image_query_embeds()[None].to(boi.dtype)], dim=1)
+        with cache.preview():
+            _, hidden = self.model.step(embeds, cache)
+        return self.model.regress(hidden[:, 1:])[0]
+
+    @torch.no_grad()
+    def _run(self, start: StoryStart, story: Story) -> Iterator[Segment]:
+        if not start.token_ids:
+            raise ValueError("a story start needs at least the BOS token")
+        sampler = TokenSampler(self.config, device=self._device)
+        recompute = self.config.context == "recompute-window"
+        dense = AttentionSinkConfig(mode="dense")
+        history: list[tuple[list[int], torch.Tensor]] = []
+        lead: list[int] = list(start.token_ids[1:])
+        if start.image_features is not None:
+            history.append((lead, start.image_features))
+            lead = []
+        began = time.perf_counter()
+        cache = SinkCache(dense if recompute else self.cache_config, self.model.llm.config)
+        if not recompute:
+            logits = self._prefill(cache, list(start.token_ids), [([], f) for _, f in history], [])
+        try:
+            for index in range(self.config.segments):
+                if recompute:
+                    cache = SinkCache(dense, self.model.llm.config)
+                    window = history[-self.config.recompute_segments:]
+                    logits = self._prefill(cache, list(start.token_ids[:1]), window, lead)
+                text, decode_s, steps, forced = self._text(cache, logits, sampler)
+                features = self._image(cache)
+                segment = Segment(
+                    index=index, text_ids=text, features=features,
+                    stats=SegmentStats(
+                        wall_s=time.perf_counter() - began, text_tokens=len(text), decode_steps=steps,
+                        decode_s=decode_s, kv_bytes=cache.held_bytes(), held_tokens=len(cache.kept_positions()),
+                        forced_image=forced,
+                    ),
+                    image=self.decoder(features) if self.decoder is not None else None,
+                )
+                history.append((lead + text, features))
+                lead = []
+                yield segment
+                began = time.perf_counter()
+                if not recompute:
+                    logits = self._append(cache, self._image_block(features), image_at=0)
+        except _Stop as stop:
+            story.outcome = stop.outcome
+            return
+        story.outcome = Outcome.COMPLETED
