@@ -3,7 +3,7 @@
 Writes a toy world to the stack's bucket, then for each stage streams its samples from S3
 through the pipeline into a consumer iterating torch batches, and records samples/s.
 
-    seedstory stack up && source .stack/env && python jobs/bench_data.py --out out/bench
+    seedstory stack up && source .stack/env.sh && python jobs/bench_data.py --out out/bench
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -42,9 +43,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _submission_id_of_ray_job() -> str | None:
+    """Ray (2.60) hands a submitted job's driver its submission id only inside this JSON variable."""
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not job_config:
+        return None
+    return json.loads(job_config).get("metadata", {}).get("job_submission_id")
+
+
 def provenance_tags(stage: str) -> dict[str, str]:
     tags = {"seedstory.stage": stage, "mlflow.source.git.commit": git_commit()}
-    job = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID")
+    job = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID") or _submission_id_of_ray_job()
     if job:
         tags["ray.job_id"] = job
     return tags

@@ -18,6 +18,10 @@ class StageConfig(Section):
     micro_batch_size: int = Field(1, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
     max_steps: int = Field(100, ge=1)
+    data_epochs: int = Field(
+        1, ge=1, description="story epochs per pass of the data pipeline, each with fresh random windows; a pass "
+        "restarts the Ray Data actors, so small datasets want several epochs per pass",
+    )
     stop_at_step: int | None = Field(
         None, ge=1, description="end this submission after this step; the schedule still spans max_steps "
         "and re-submitting the same run name continues (time-boxed or preemptible clusters)",
@@ -31,16 +35,30 @@ class StageConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0)
     registered_model: str
+    sources: dict[str, str] = Field(
+        default_factory=dict, description="what the stage starts from, by name (e.g. mllm, detokenizer): a URI "
+        "of an export or an MLflow model reference models:/<name>@<alias> or models:/<name>/<version>",
+    )
 
 
 class TrainConfig(Section):
     """The three stages of DESIGN.md's table."""
 
-    run_name: str | None = None
+    run_name: str | None = Field(
+        None, description="names each stage's Ray Train run <run_name>-<stage>; re-submitting with the same "
+        "name resumes from its latest checkpoint (default: a fresh name per submission)",
+    )
+    base_weights: str | None = Field(
+        None, description="folder written by jobs/init_base_weights.py (vit.safetensors, llm/, tokenizer/, "
+        "vae/, unet/); fills every model.*.weights and model.llm.tokenizer left null",
+    )
     detokenizer_pretrain: StageConfig = Field(
         default_factory=lambda: StageConfig(registered_model="seedstory-detokenizer")
     )
     story_instruct: StageConfig = Field(default_factory=lambda: StageConfig(registered_model="seedstory-mllm"))
     detokenizer_adapt: StageConfig = Field(
-        default_factory=lambda: StageConfig(registered_model="seedstory-adapted-detokenizer", zero_stage=3)
+        default_factory=lambda: StageConfig(
+            registered_model="seedstory-adapted-detokenizer", zero_stage=3,
+            sources={"mllm": "models:/seedstory-mllm@candidate", "detokenizer": "models:/seedstory-detokenizer@candidate"},
+        )
     )

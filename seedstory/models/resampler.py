@@ -71,8 +71,9 @@ class Resampler(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 3 or tokens.shape[-1] != self.kv_dim:
             raise ValueError(f"expected [batch, tokens, {self.kv_dim}], got {list(tokens.shape)}")
-        key_positions = resize_positions(self.pos_embed, tokens.shape[1])
         values = self.ln_kv(self.kv_proj(tokens))
-        queries = (self.ln_q(self.query) + self.pos_embed).unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        # The position buffers stay float32 under mixed precision (DeepSpeed casts parameters only).
+        key_positions = resize_positions(self.pos_embed, tokens.shape[1]).to(values.dtype)
+        queries = (self.ln_q(self.query) + self.pos_embed.to(self.query.dtype)).unsqueeze(0).expand(tokens.shape[0], -1, -1)
         out, _ = self.attn(queries, values + key_positions, values, need_weights=False)
         return out

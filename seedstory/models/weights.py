@@ -61,7 +61,7 @@ def local_copy(uri: str) -> Path:
         if local.is_file() and local.stat().st_size == size:
             continue
         local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(local.name + ".partial")
+        partial = local.with_name(f"{local.name}.{os.getpid()}.partial")  # workers on one node share the cache
         fs.get_file(path, str(partial))
         partial.replace(local)
     return target

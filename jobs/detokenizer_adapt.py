@@ -1,0 +1,39 @@
+"""Stage 3, de-tokenizer adaptation: the SD-XL UNet (full, ZeRO-3) learns from the MLLM's regressed features.
+
+    ray job submit --working-dir . -- python jobs/detokenizer_adapt.py --config tiny [KEY=VALUE ...]
+
+Starts from `train.detokenizer_adapt.sources`: `mllm` (stage 2) and `detokenizer` (stage 1), each an
+MLflow model reference (default models:/seedstory-mllm@candidate, models:/seedstory-detokenizer@candidate)
+or an export URI; the versions and runs they resolve to are recorded on the run (lineage).
+Recipe: config -> sources resolved -> story windows tokenized with the MLLM's own tokenizer ->
+MLflow run -> Ray Train + DeepSpeed fit -> export -> model version
+`train.detokenizer_adapt.registered_model`@candidate -> where to look.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from seedstory.cli.options import add_config_arguments, config_from_args
+from seedstory.data.pipeline import stage_dataset
+from seedstory.training.run import start_stage
+
+STAGE = "detokenizer_adapt"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    config = config_from_args(parser.parse_args())
+
+    with start_stage(STAGE, config) as run:
+        windows, report = stage_dataset(STAGE, run.config, "train", tokenizer=run.tokenizer(),
+                                        epochs=run.settings.data_epochs)
+        run.fit(windows)
+        run.log_data(report)
+        run.register()
+    print(run.where_to_look())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Stage 2, story instruction tuning: LoRA MLLM learns to continue stories, text and image features.
+
+    ray job submit --working-dir . -- python jobs/story_instruct.py --config tiny [KEY=VALUE ...]
+
+Recipe: config (+ base weights) -> random-length story windows tokenized with the base tokenizer,
+streamed from object storage -> MLflow run -> Ray Train + DeepSpeed fit -> export (peft adapter,
+resamplers, tokenizer) -> model version `train.story_instruct.registered_model`@candidate -> where to look.
+Re-submit with the same `train.run_name=NAME` to resume from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from seedstory.cli.options import add_config_arguments, config_from_args
+from seedstory.data.pipeline import stage_dataset
+from seedstory.training.run import start_stage
+
+STAGE = "story_instruct"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    config = config_from_args(parser.parse_args())
+
+    with start_stage(STAGE, config) as run:
+        windows, report = stage_dataset(STAGE, run.config, "train", tokenizer=run.tokenizer(),
+                                        epochs=run.settings.data_epochs)
+        run.fit(windows)
+        run.log_data(report)
+        run.register()
+    print(run.where_to_look())
+
+
+if __name__ == "__main__":
+    main()

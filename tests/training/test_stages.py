@@ -1,0 +1,163 @@
+"""The three stage recipes in-process on the tiny preset: base weights, inputs, trainable sets, learning, exports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seedstory.config import load_config
+from seedstory.data.images import encode_image
+from seedstory.data.samples import WindowSampler, stage1_samples
+from seedstory.data.toyworld.generate import toy_story
+from seedstory.data.toyworld.render import render_frame
+from seedstory.models.export import load_detokenizer, load_mllm
+from seedstory.training.base_weights import BaseWeightsError, read_manifest, with_base_weights, write_tiny_base
+from seedstory.training.recipe import recipe_class
+from seedstory.training.stages import RECIPES
+from seedstory.training.stages.base import target_images
+from seedstory.training.stages.detokenizer_adapt import DetokenizerAdapt
+from seedstory.training.stages.detokenizer_pretrain import DetokenizerPretrain
+from seedstory.training.stages.story_instruct import StoryInstruct
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and OpenMP spinning stalls on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("base")
+    raw = load_config("tiny", [f"train.base_weights={root}", "data.toy.stories=4"])
+    write_tiny_base(raw, str(root))
+    return with_base_weights(raw)
+
+
+@pytest.fixture(scope="module")
+def frames(config) -> tuple[list[str], list[bytes]]:
+    story = toy_story(config.data.toy, 0)
+    images = [encode_image(render_frame(state, config.data.toy.image_size), ".jpg") for state in story.states]
+    return list(story.record.captions), images
+
+
+def windows(config, frames, sd_size: int | None) -> dict[str, list]:
+    captions, images = frames
+    sampler = WindowSampler(StoryInstruct.tokenizer(config, {}), config.model.image_tokens, config.model.vit.image_size,
+                            config.data.window_frames, 1, config.data.max_length, 0, sd_size)
+    samples = list(sampler.samples("story-0", captions, images))
+    return {name: [sample[name] for sample in samples] for name in samples[0]}
+
+
+def train(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int) -> list[float]:
+    """Steps of AdamW on one batch with the noise and timesteps fixed, so the objective is too."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        torch.manual_seed(0)
+        terms = model(batch)
+        terms["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(terms["loss"].detach()))
+    return losses
+
+
+def trainable(model: torch.nn.Module) -> set[str]:
+    return {name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_every_stage_names_an_importable_recipe():
+    assert set(RECIPES) == {"detokenizer_pretrain", "story_instruct", "detokenizer_adapt"}
+    for path in RECIPES.values():
+        recipe_class(path)
+
+
+def test_base_weights_are_written_once_and_fill_only_unset_locations(config, tmp_path):
+    base = config.train.base_weights
+    manifest = read_manifest(base)
+    assert write_tiny_base(load_config("tiny", ["data.toy.stories=4"]), base) == manifest
+    assert config.model.vit.weights == f"{base}/vit.safetensors" and config.model.llm.tokenizer == f"{base}/tokenizer"
+    chosen = load_config("tiny", [f"train.base_weights={base}", "model.vae.weights=/elsewhere/vae"])
+    assert with_base_weights(chosen).model.vae.weights == "/elsewhere/vae"
+    assert with_base_weights(chosen).model.unet.weights == f"{base}/unet"
+
+
+def test_base_weights_for_other_shapes_or_a_missing_folder_are_refused(config, tmp_path):
+    with pytest.raises(BaseWeightsError, match="other model shapes"):
+        write_tiny_base(load_config("tiny", ["model.vit.layers=3"]), config.train.base_weights)
+    with pytest.raises(BaseWeightsError, match="init_base_weights"):
+        with_base_weights(load_config("tiny", [f"train.base_weights={tmp_path}/none"]))
+    with pytest.raises(BaseWeightsError, match="released checkpoints"):
+        write_tiny_base(load_config("paper"), str(tmp_path))
+
+
+def test_inputs_are_checked_before_any_worker_starts(config):
+    with pytest.raises(ValueError, match=r"missing \['detokenizer'\]"):
+        DetokenizerAdapt.check_inputs(config, {"mllm": "s3://b/mllm"})
+    with pytest.raises(ValueError, match=r"not understood \['mllm'\]"):
+        DetokenizerPretrain.check_inputs(config, {"mllm": "s3://b/mllm"})
+    with pytest.raises(ValueError, match="model.vae.weights"):
+        DetokenizerPretrain.check_inputs(load_config("tiny"), {})
+
+
+def test_target_images_marks_each_windows_last_image():
+    assert target_images(torch.tensor([2, 1, 3])).tolist() == [False, True, True, False, False, True]
+
+
+def test_stage1_trains_adapter_and_unet_and_exports_them(config, frames, tmp_path):
+    rows = list(stage1_samples(frames[1][:4], config.model.vit.image_size, config.model.sd_image_size))
+    recipe = DetokenizerPretrain(config, {})
+    model = recipe.build()
+    batch = recipe.collate()({name: np.stack([row[name] for row in rows]) for name in rows[0]})
+    assert trainable(model) == {"detokenizer.adapter", "detokenizer.unet"}
+    losses = train(model, batch, steps=3)
+    assert losses[-1] < losses[0], losses
+    assert recipe.export(model, str(tmp_path / "detok")) == {"detokenizer": str(tmp_path / "detok")}
+    loaded = load_detokenizer(str(tmp_path / "detok"))
+    features = model.vit(batch["vit_pixels"])
+    generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    model.eval()
+    assert torch.equal(model.detokenizer.decode(features, steps=2, generator=generator()),
+                       loaded.decode(features, steps=2, generator=generator()))
+
+
+def test_stage2_trains_the_adapter_and_resamplers_on_text_and_image_terms(config, frames, tmp_path):
+    recipe = StoryInstruct(config, {})
+    model = recipe.build()
+    batch = recipe.collate()(windows(config, frames, sd_size=None))
+    assert trainable(model) == {"mllm.llm", "mllm.input_resampler", "mllm.output_resampler"}
+    assert not any(p.requires_grad for name, p in model.mllm.llm.named_parameters() if "base_layer" in name)
+    terms = model(batch)
+    assert set(terms) == {"loss", "text_ce", "image_cosine"}
+    losses = train(model, batch, steps=3)
+    assert losses[-1] < losses[0], losses
+    recipe.export(model, str(tmp_path / "mllm"))
+    loaded, tokenizer = load_mllm(str(tmp_path / "mllm"))
+    assert len(tokenizer) == loaded.layout.vocab_size
+    model.eval()
+    with torch.no_grad():
+        features = model.vit(batch["vit_pixels"])
+        args = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], image_features=features,
+                    is_target=target_images(batch["num_images"]))
+        assert torch.equal(model.mllm(**args).regressed, loaded(**args).regressed)
+
+
+def test_stage3_adapts_the_stage1_detokenizer_to_the_stage2_mllm(config, frames, tmp_path):
+    first, second = DetokenizerPretrain(config, {}), StoryInstruct(config, {})
+    first.export(first.build(), str(tmp_path / "detok"))
+    second.export(second.build(), str(tmp_path / "mllm"))
+    recipe = DetokenizerAdapt(config, {"mllm": str(tmp_path / "mllm"), "detokenizer": str(tmp_path / "detok")})
+    model = recipe.build()
+    assert trainable(model) == {"detokenizer.adapter", "detokenizer.unet"}
+    batch = recipe.collate()(windows(config, frames, sd_size=config.model.sd_image_size))
+    assert batch["sd_pixels"].shape[0] == batch["num_images"].shape[0]
+    losses = train(model, batch, steps=3)
+    assert losses[-1] < losses[0], losses
+    recipe.export(model, str(tmp_path / "adapted"))
+    adapted = load_detokenizer(str(tmp_path / "adapted"))
+    assert torch.equal(adapted.unet.conv_in.weight, model.detokenizer.unet.conv_in.weight)
