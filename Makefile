@@ -53,8 +53,21 @@ stack-status: $(STAMP)  ## which stack services are up
 SUBMIT := source $(STATE_DIR)/env.sh && $(BIN)/ray job submit --working-dir . \
 	--runtime-env-json '{"env_vars": {"SEEDSTORY_GIT_COMMIT": "$(shell git rev-parse HEAD 2>/dev/null)"}}' --
 
-demo: stack-up  ## run the main job on the tiny preset through `ray job submit`
-	$(SUBMIT) python jobs/demo.py --config $(CONFIG) $(OVERRIDES)
+DEMO_CONFIG ?= demo
+DEMO_JOBS := generate_toyworld init_base_weights detokenizer_pretrain story_instruct detokenizer_adapt
+
+demo: stack-up  ## toy world + the three training stages, each through `ray job submit` (tiny preset)
+	@for job in $(DEMO_JOBS); do \
+		echo "==> ray job submit ... python jobs/$$job.py --config $(DEMO_CONFIG) $(OVERRIDES)"; \
+		$(SUBMIT) python jobs/$$job.py --config $(DEMO_CONFIG) $(OVERRIDES) || exit 1; \
+	done
+	@source $(STATE_DIR)/env.sh && printf '\n%s\n' \
+		"Demo done. Where to look:" \
+		"  MLflow runs:    $$MLFLOW_TRACKING_URI/#/experiments  (experiment 'seedstory': toyworld + one run per stage)" \
+		"  MLflow models:  $$MLFLOW_TRACKING_URI/#/models  (seedstory-detokenizer, seedstory-mllm, seedstory-adapted-detokenizer @candidate)" \
+		"  Ray dashboard:  $$RAY_API_SERVER_ADDRESS  (jobs, logs)" \
+		"  Object storage: $$AWS_ENDPOINT_URL  s3://$$SEEDSTORY_BUCKET/{toyworld,base,runs,exports}" \
+		"  Stop the stack: make stack-down"
 
 test: $(STAMP)  ## run the whole test suite (starts and stops its own stack)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -25,7 +25,7 @@ from seedstory.generation import attention_bench as bench
 # seven stories finish in a few minutes; 64 image tokens as in the paper. KEY=VALUE overrides win.
 BENCH_SHAPE = (
     "model.image_tokens=64", "model.input_resampler.num_queries=64",
-    "model.llm.hidden_size=512", "model.llm.intermediate_size=1376", "model.llm.num_layers=4",
+    "model.llm.hidden_size=1024", "model.llm.intermediate_size=2752", "model.llm.num_layers=4",
     "model.llm.num_heads=8", "model.llm.num_kv_heads=8", "model.llm.max_position_embeddings=8192",
 )
 

@@ -1,6 +1,12 @@
-"""Write the toy world (train/val/test JSONL + images, StoryStream format) deterministically by seed.
+"""Write the toy world (train/val/test JSONL + images, the released StoryStream format), read it
+back, and record it in MLflow.
 
-    python jobs/generate_toyworld.py --config tiny data.toy.stories=256 [--out s3://bucket/toy]
+    ray job submit --working-dir . -- python jobs/generate_toyworld.py --config tiny data.toy.stories=256
+    python jobs/generate_toyworld.py --config tiny --out ./toyworld --no-track
+
+Recipe: config -> stories written deterministically by seed -> every story and image read back and
+validated -> one MLflow run (stage `toyworld`) with the data metrics, the summary and the first
+training story as an image strip -> where to look.
 """
 
 from __future__ import annotations
@@ -8,18 +14,54 @@ from __future__ import annotations
 import argparse
 import json
 
+import mlflow
+from PIL import Image
+
+from seedstory import storage
 from seedstory.cli.options import add_config_arguments, config_from_args
-from seedstory.data.toyworld.generate import write_toy_world
+from seedstory.data.images import decode_image
+from seedstory.data.records import parse_story
+from seedstory.data.stories import scan_dataset
+from seedstory.data.toyworld.generate import SPLITS, write_toy_world
+from seedstory.tracking import run_url, tracked_run
+
+
+def story_strip(jsonl_uri: str, image_root: str) -> tuple[Image.Image, list[str]]:
+    """The first story of a split as one image strip, with its captions."""
+    story = parse_story(storage.read_bytes(jsonl_uri).decode().splitlines()[0])
+    frames = [decode_image(storage.read_bytes(storage.join(image_root, path))) for path in story.images]
+    width, height = frames[0].size
+    strip = Image.new("RGB", (width * len(frames), height))
+    for index, frame in enumerate(frames):
+        strip.paste(frame, (index * width, 0))
+    return strip, list(story.captions)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="local path or s3:// URI (default: data.toy.uri)")
+    parser.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
     add_config_arguments(parser)
     args = parser.parse_args()
     config = config_from_args(args)
-    summary = write_toy_world(config.data.toy, args.out)
-    print(json.dumps(summary, indent=2))
+
+    world = write_toy_world(config.data.toy, args.out)
+    print(json.dumps(world, indent=2))
+
+    ledger = scan_dataset([world["jsonl"][split] for split in SPLITS], world["image_root"], config.data.failure_budget)
+    print(ledger.log_line())
+    ledger.check()
+    if args.no_track:
+        return
+
+    with tracked_run(config.tracking, stage="toyworld", run_name="toyworld", params=config) as run:
+        mlflow.log_metrics(ledger.metrics())
+        mlflow.log_dict(world, "toyworld/summary.json")
+        strip, captions = story_strip(world["jsonl"]["train"], world["image_root"])
+        mlflow.log_image(strip, "toyworld/first_train_story.png")
+        mlflow.log_text("\n".join(captions), "toyworld/first_train_story.txt")
+        url = run_url(run)
+    print(f"\nwhere to look:\n  MLflow run:     {url}\n  toy-world data: {world['uri']}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 import ray
+from ray.data.collate_fn import NumpyBatchCollateFn
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -188,7 +189,7 @@ def stage_dataset(stage: Stage, config: SeedStoryConfig, split: Split = "train",
                                **common), report
 
 
-class WindowCollate:
+class WindowCollate(NumpyBatchCollateFn):
     """Pads a batch of windows: ids with ``pad_id``, labels with -100; images are concatenated
     (``[sum of num_images, 3, H, W]``, sample order, each sample's target last) for one ViT pass."""
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any
 
-import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 
 from seedstory.config import SeedStoryConfig
@@ -29,8 +27,8 @@ class StageRecipe(ABC):
         """
 
     @abstractmethod
-    def collate(self) -> Callable[[dict[str, Any]], dict[str, torch.Tensor]]:
-        """Turns a Ray Data numpy batch into the tensors ``StageModel.forward`` takes."""
+    def collate(self) -> NumpyBatchCollateFn:
+        """Turns a Ray Data numpy batch into the tensors the model's ``forward`` takes."""
 
     @abstractmethod
     def export(self, model: nn.Module, uri: str) -> dict[str, str]:

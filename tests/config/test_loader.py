@@ -7,11 +7,17 @@ from seedstory.config import ConfigError, SeedStoryConfig, dump_config, load_con
 def test_every_shipped_preset_loads(preset):
     config = load_config(preset)
     assert isinstance(config, SeedStoryConfig)
-    assert config.model.preset == preset
+    assert config.model.preset in {"tiny", "paper"}
 
 
-def test_presets_are_tiny_and_paper():
-    assert {"tiny", "paper"} <= set(preset_names())
+def test_model_presets_name_themselves():
+    assert load_config("tiny").model.preset == "tiny"
+    assert load_config("paper").model.preset == "paper"
+
+
+def test_shipped_presets():
+    assert set(preset_names()) == {"tiny", "paper", "demo"}
+    assert load_config("demo").train.story_instruct.max_steps < load_config("tiny").train.story_instruct.max_steps
 
 
 def test_paper_preset_has_design_shapes():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 from safetensors.torch import save
 from torch import nn
 
@@ -43,13 +44,18 @@ class Regressor(nn.Module):
         return {"loss": mse, "mse": mse}
 
 
+class RegressionCollate(NumpyBatchCollateFn):
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {"x": torch.as_tensor(np.stack(batch["x"])), "y": torch.as_tensor(batch["y"])}
+
+
 class RegressionRecipe(StageRecipe):
     def build(self) -> nn.Module:
         torch.manual_seed(1234)
         return Regressor(self.sources.get("kill_marker"))
 
-    def collate(self):
-        return lambda batch: {"x": torch.as_tensor(np.stack(batch["x"])), "y": torch.as_tensor(batch["y"])}
+    def collate(self) -> NumpyBatchCollateFn:
+        return RegressionCollate()
 
     def export(self, model: nn.Module, uri: str) -> dict[str, str]:
         state = {k: v.detach().float().contiguous() for k, v in model.body.state_dict().items()}

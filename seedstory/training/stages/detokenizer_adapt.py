@@ -8,11 +8,11 @@ noise MSE of the target frame. MLLM, ViT and VAE stay frozen; the UNet is what Z
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import cached_property
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -67,7 +67,7 @@ class DetokenizerAdapt(SeedStoryStage):
         stages.detokenizer_adapt(vit, mllm, detokenizer)
         return DetokenizerAdaptModel(vit, mllm.eval(), detokenizer)
 
-    def collate(self) -> Callable[[dict[str, np.ndarray]], dict[str, torch.Tensor]]:
+    def collate(self) -> NumpyBatchCollateFn:
         return WindowCollate(image_token_ids(self._tokenizer, self.config.model.image_tokens).pad)
 
     def export(self, model: nn.Module, uri: str) -> dict[str, str]:

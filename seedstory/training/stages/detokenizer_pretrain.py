@@ -7,10 +7,9 @@ Batches are single frames: ``vit_pixels`` [B, 3, Sv, Sv], ``sd_pixels`` [B, 3, S
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 
 from seedstory.config.model import LossConfig
@@ -37,8 +36,9 @@ class DetokenizerPretrainModel(nn.Module):
         return {"loss": weighted_total({"diffusion_mse": mse}, self.loss_weights), "diffusion_mse": mse}
 
 
-def frame_collate(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {name: torch.from_numpy(np.array(batch[name])) for name in FRAME_FIELDS}
+class FrameCollate(NumpyBatchCollateFn):
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(np.array(batch[name])) for name in FRAME_FIELDS}
 
 
 class DetokenizerPretrain(SeedStoryStage):
@@ -50,8 +50,8 @@ class DetokenizerPretrain(SeedStoryStage):
         stages.detokenizer_pretrain(vit, detokenizer)
         return DetokenizerPretrainModel(vit, detokenizer, model.loss)
 
-    def collate(self) -> Callable[[dict[str, np.ndarray]], dict[str, torch.Tensor]]:
-        return frame_collate
+    def collate(self) -> NumpyBatchCollateFn:
+        return FrameCollate()
 
     def export(self, model: nn.Module, uri: str) -> dict[str, str]:
         export_detokenizer(model.detokenizer, uri)

@@ -7,11 +7,11 @@ and the LLM's base weights stay frozen. Batches are ``WindowCollate``'s.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import cached_property
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -57,7 +57,7 @@ class StoryInstruct(SeedStoryStage):
         stages.story_instruct(vit, mllm)
         return StoryInstructModel(vit, mllm)
 
-    def collate(self) -> Callable[[dict[str, np.ndarray]], dict[str, torch.Tensor]]:
+    def collate(self) -> NumpyBatchCollateFn:
         return WindowCollate(image_token_ids(self._tokenizer, self.config.model.image_tokens).pad)
 
     def export(self, model: nn.Module, uri: str) -> dict[str, str]:
