@@ -87,6 +87,7 @@ def record(name: str, segment: Segment, settings: BenchSettings) -> dict:
         "wall_s": stats.wall_s,
         "token_latency_s": stats.token_latency_s,
         "kv_bytes": stats.kv_bytes,
+        "kv_held_bytes": stats.kv_held_bytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 
@@ -139,7 +140,8 @@ def check_targets(modes: dict[str, list[dict]]) -> dict[str, dict]:
     early, late = phases(mm)
     flat = median_latency(mm, *late) / median_latency(mm, *early)
     dense_growth = median_latency(dense, *late) / median_latency(dense, *early)
-    full_from = next(r["index"] for r in mm if r["kv_bytes"] == max(x["kv_bytes"] for x in mm))
+    window = modes["window"]
+    full_from = next(r["index"] for r in window if r["kv_held_bytes"] == max(x["kv_held_bytes"] for x in window))
     constant = len({r["kv_bytes"] for r in mm if r["index"] >= full_from}) == 1
     kv_ratio = mm[-1]["kv_bytes"] / dense[-1]["kv_bytes"]
     # median per-segment wall time: robust to a busy neighbour stealing the CPU for a moment
@@ -149,7 +151,8 @@ def check_targets(modes: dict[str, list[dict]]) -> dict[str, dict]:
     return {
         "mm_sink_latency_flat": {"value": flat, "target": "<= 1.10", "ok": flat <= 1.10},
         "dense_latency_grows": {"value": dense_growth, "target": "> 1.10", "ok": dense_growth > 1.10},
-        "mm_sink_kv_constant_once_full": {"value": full_from, "target": "constant from this segment", "ok": constant},
+        "mm_sink_kv_constant_once_full": {"value": full_from, "target": "kv_bytes constant from this segment, "
+                                          "the one where the window fills", "ok": constant},
         "mm_sink_kv_vs_dense_at_end": {"value": kv_ratio, "target": "<= 0.25", "ok": kv_ratio <= 0.25},
         "mm_sink_time_vs_window": {"value": vs_window, "target": "<= 1.05", "ok": vs_window <= 1.05},
         "recompute_window_time_vs_mm_sink": {"value": vs_recompute, "target": ">= 3.0", "ok": vs_recompute >= 3.0},
@@ -163,6 +166,7 @@ def table2(modes: dict[str, list[dict]]) -> list[dict]:
         "time_s": sum(r["wall_s"] for r in records),
         "peak_rss_gb": max(r["peak_rss_bytes"] for r in records) / 1e9,
         "kv_mib_at_end": records[-1]["kv_bytes"] / 2**20,
+        "kv_held_mib_at_end": records[-1]["kv_held_bytes"] / 2**20,
         "token_latency_ms_last10": 1e3 * statistics.median(r["token_latency_s"] for r in records[-10:]),
     } for mode, records in modes.items()]
 

@@ -62,7 +62,8 @@ class SegmentStats:
     text_tokens: int
     decode_steps: int
     decode_s: float
-    kv_bytes: int
+    kv_bytes: int  # every tensor the cache allocated: the memory it costs
+    kv_held_bytes: int  # the keys and values attention reads
     held_tokens: int
     forced_image: bool
 
@@ -220,7 +221,8 @@ class StoryGenerator:
                     index=index, text_ids=text, features=features,
                     stats=SegmentStats(
                         wall_s=time.perf_counter() - began, text_tokens=len(text), decode_steps=steps,
-                        decode_s=decode_s, kv_bytes=cache.held_bytes(), held_tokens=len(cache.kept_positions()),
+                        decode_s=decode_s, kv_bytes=cache.tensor_bytes(), kv_held_bytes=cache.held_bytes(),
+                        held_tokens=len(cache.kept_positions()),
                         forced_image=forced,
                     ),
                     image=self.decoder(features) if self.decoder is not None else None,
