@@ -6,6 +6,7 @@ someone else's process is never mistaken for ours, and never killed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -98,16 +99,12 @@ def terminate(record: PidRecord, timeout_s: float = 20.0) -> list[int]:
         tree = [leader]
     targets = {p.pid: p for p in [*tree, *_group_members(record.pid)]}
     for proc in targets.values():
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # it may exit before its turn
             proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(list(targets.values()), timeout=timeout_s)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(alive, timeout=5)
     return sorted(targets)
 
