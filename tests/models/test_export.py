@@ -90,8 +90,8 @@ def test_vit_and_detokenizer_round_trip(root, tiny, weights_cache):
                        loaded.decode(features, steps=2, generator=generator()))
 
 
-def test_exported_parts_load_in_their_own_ecosystems(tmp_path, tiny, token_ids):
-    """A plain diffusers / peft user can read the folders without seedstory."""
+def export_lora_mllm(tmp_path, tiny, token_ids):
+    """A LoRA MLLM exported to ``tmp_path/mllm`` over its base LLM exported to ``tmp_path/base``."""
     torch.manual_seed(0)
     mllm = build_mllm(tiny, token_ids)
     export_llm(mllm.llm, str(tmp_path / "base"))
@@ -99,6 +99,12 @@ def test_exported_parts_load_in_their_own_ecosystems(tmp_path, tiny, token_ids):
     config.llm.weights = str(tmp_path / "base")
     attach_lora(mllm, config.lora)
     export_mllm(mllm, config, str(tmp_path / "mllm"))
+    return mllm, tmp_path / "mllm"
+
+
+def test_exported_parts_load_in_their_own_ecosystems(tmp_path, tiny, token_ids):
+    """A plain diffusers / peft user can read the folders without seedstory."""
+    mllm, _ = export_lora_mllm(tmp_path, tiny, token_ids)
     detokenizer = build_detokenizer(tiny)
     detokenizer.unet.save_pretrained(tmp_path / "detok" / "unet")
 
@@ -112,14 +118,7 @@ def test_exported_parts_load_in_their_own_ecosystems(tmp_path, tiny, token_ids):
 
 @pytest.fixture
 def exported(tmp_path, tiny, token_ids):
-    torch.manual_seed(0)
-    mllm = build_mllm(tiny, token_ids)
-    export_llm(mllm.llm, str(tmp_path / "base"))
-    config = tiny.model_copy(deep=True)
-    config.llm.weights = str(tmp_path / "base")
-    attach_lora(mllm, config.lora)
-    export_mllm(mllm, config, str(tmp_path / "mllm"))
-    return tmp_path / "mllm"
+    return export_lora_mllm(tmp_path, tiny, token_ids)[1]
 
 
 def edit_safetensors(file, edit) -> None:

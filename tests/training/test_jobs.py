@@ -168,13 +168,19 @@ def test_stage3_records_the_model_versions_it_started_from(chain):
         assert jobs["detokenizer_adapt"].version.tags[f"lineage.{name}.run_id"] == jobs[stage].run.info.run_id
 
 
-def test_stage1_export_is_the_trained_unet_and_beats_its_starting_point(chain):
-    config, jobs = chain
-    job = jobs["detokenizer_pretrain"]
+def assert_detokenizer_export_is_trained(job: StageJob) -> Path:
+    """The exported UNet and condition adapter hold exactly the final checkpoint's weights."""
     folder = local_copy(job.version.source)
     trained = trained_tensors(job)
     assert_equal_tensors(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"), trained, "detokenizer.unet.")
     assert_equal_tensors(load_file(folder / "condition_adapter.safetensors"), trained, "detokenizer.adapter.")
+    return folder
+
+
+def test_stage1_export_is_the_trained_unet_and_beats_its_starting_point(chain):
+    config, jobs = chain
+    job = jobs["detokenizer_pretrain"]
+    folder = assert_detokenizer_export_is_trained(job)
     assert isinstance(UNet2DConditionModel.from_pretrained(folder / "unet"), UNet2DConditionModel)
 
     rows = list(stage1_samples(train_frames(config)[1][:8], config.model.vit.image_size, config.model.sd_image_size))
@@ -207,10 +213,7 @@ def test_stage2_export_is_the_trained_adapter_and_its_loss_fell(chain):
 def test_stage3_export_is_the_trained_unet_and_beats_the_stage1_detokenizer(chain):
     config, jobs = chain
     job = jobs["detokenizer_adapt"]
-    folder = local_copy(job.version.source)
-    trained = trained_tensors(job)
-    assert_equal_tensors(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"), trained, "detokenizer.unet.")
-    assert_equal_tensors(load_file(folder / "condition_adapter.safetensors"), trained, "detokenizer.adapter.")
+    assert_detokenizer_export_is_trained(job)
 
     mllm, tokenizer = load_mllm(jobs["story_instruct"].version.source)
     captions, images = train_frames(config)
