@@ -3,8 +3,9 @@
     python jobs/bench_attention.py --out DIR [--config tiny] [KEY=VALUE ...]
     ray job submit --working-dir . -- python jobs/bench_attention.py --out s3://bucket/bench
 
-Writes DIR/attention.json (per mode and segment: wall time, per-token decode latency, KV-cache
-bytes allocated and held, process peak RSS), DIR/attention.png (latency and KV memory vs segment, one line per
+Writes DIR/attention.json (per mode and segment: wall time and its parts (text decode, putting the
+context in, image queries), per-token decode latency, KV-cache bytes allocated and held, process peak
+RSS), DIR/attention.png (per-token latency, time per segment and KV memory vs segment, one line per
 mode) and DIR/summary.json (the paper's Table 2 as time and memory, the issue's targets, and the
 position mode the run picked as default, with the reason).
 """

@@ -1,8 +1,8 @@
 """Mechanics of the attention benchmark: one story per mode, advanced round-robin in one process.
 
-Round-robin (one segment of each story in turn) makes every mode share whatever the machine's
-other tenants leave of the CPU, so per-segment times compare fairly on a busy 2-core box; the
-price is that ``peak_rss_bytes`` is the process's peak, shared by all modes (``kv_bytes`` is each
+Round-robin (one segment of each story in turn, the order reversed every other segment) makes every
+mode share whatever the machine's other tenants leave of the CPU, so per-segment times compare
+fairly on a busy 2-core box; the price is that ``peak_rss_bytes`` is the process's peak, shared by all modes (``kv_bytes`` is each
 mode's own). All stories use one model. Random weights never choose BOI, so every segment is
 exactly ``text_tokens`` text tokens followed by a forced image (``on_text_budget: force-image``);
 BOI and EOS output rows are zeroed so no mode can stop early, and every mode does the same work.
@@ -86,6 +86,9 @@ def record(name: str, segment: Segment, settings: BenchSettings) -> dict:
         "index": segment.index,
         "wall_s": stats.wall_s,
         "token_latency_s": stats.token_latency_s,
+        "decode_s": stats.decode_s,
+        "context_s": stats.context_s,
+        "image_s": stats.image_s,
         "kv_bytes": stats.kv_bytes,
         "kv_held_bytes": stats.kv_held_bytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -98,9 +101,10 @@ def run(settings: BenchSettings, progress: Callable[[int, dict], None] | None = 
     stories = {name: start_story(model, settings, mode, positions) for name, mode, positions in variants()}
     running = {name: iter(story) for name, story in stories.items()}
     records: dict[str, list[dict]] = {name: [] for name in stories}
+    names = list(running)
     for index in range(settings.segments):
-        for name, segments in running.items():
-            records[name].append(record(name, next(segments), settings))
+        for name in names if index % 2 == 0 else reversed(names):
+            records[name].append(record(name, next(running[name]), settings))
         if progress is not None:
             progress(index, records)
     for name, segments in running.items():
@@ -164,6 +168,9 @@ def table2(modes: dict[str, list[dict]]) -> list[dict]:
     return [{
         "mode": mode,
         "time_s": sum(r["wall_s"] for r in records),
+        "decode_s": sum(r["decode_s"] for r in records),
+        "context_s": sum(r["context_s"] for r in records),
+        "image_s": sum(r["image_s"] for r in records),
         "peak_rss_gb": max(r["peak_rss_bytes"] for r in records) / 1e9,
         "kv_mib_at_end": records[-1]["kv_bytes"] / 2**20,
         "kv_held_mib_at_end": records[-1]["kv_held_bytes"] / 2**20,
@@ -179,12 +186,14 @@ def plot(modes: dict[str, list[dict]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (latency, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (latency, segment, memory) = plt.subplots(1, 3, figsize=(17, 4.5))
     for mode, records in modes.items():
         index = [r["index"] for r in records]
         latency.plot(index, [1e3 * r["token_latency_s"] for r in records], label=mode)
+        segment.plot(index, [r["wall_s"] for r in records], label=mode)
         memory.plot(index, [r["kv_bytes"] / 2**20 for r in records], label=mode)
     latency.set(xlabel="segment", ylabel="decode latency per token (ms)", title="Per-token latency")
+    segment.set(xlabel="segment", ylabel="wall time (s)", title="Time per segment", yscale="log")
     memory.set(xlabel="segment", ylabel="KV cache (MiB)", title="KV-cache memory")
     latency.legend()
     figure.tight_layout()

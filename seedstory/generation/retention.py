@@ -40,6 +40,7 @@ class RetentionPolicy:
         self._boi = np.empty(0, dtype=np.int64)
         self._eoi = np.empty(0, dtype=np.int64)
         self._first_anchor = np.empty(0, dtype=np.int64)
+        self._ranges: tuple[tuple[int, int], np.ndarray] = ((0, 0), np.empty((0, 2), dtype=np.int64))
 
     @property
     def bounded(self) -> bool:
@@ -80,18 +81,25 @@ class RetentionPolicy:
         c = self.config
         self._first_anchor = np.append(self._first_anchor, min(span.boi - c.boi_before, span.eoi - c.eoi_before))
 
+    def anchored(self, seen: int) -> tuple[int, int]:
+        """``[first, last)`` indices of the images whose anchors are kept after ``seen`` tokens (mm-sink only)."""
+        c = self.config
+        if c.mode != "mm-sink" or c.max_anchored_images == 0:
+            return 0, 0
+        left = int(np.searchsorted(self._first_anchor, seen - c.window, side="left"))
+        return max(0, left - c.max_anchored_images), left
+
     def anchor_ranges(self, seen: int) -> np.ndarray:
         """Inclusive ``[lo, hi]`` rows of the anchors live after ``seen`` tokens (mm-sink only)."""
         c = self.config
-        if c.mode != "mm-sink" or c.max_anchored_images == 0:
-            return np.empty((0, 2), dtype=np.int64)
-        left = int(np.searchsorted(self._first_anchor, seen - c.window, side="left"))
-        first = max(0, left - c.max_anchored_images)
-        boi, eoi = self._boi[first:left], self._eoi[first:left]
-        return np.concatenate([
-            np.stack([boi - c.boi_before, boi + c.boi_after], axis=1),
-            np.stack([eoi - c.eoi_before, eoi + c.eoi_after], axis=1),
-        ])
+        first, last = self.anchored(seen)
+        if self._ranges[0] != (first, last):  # changes once per image: decoding reuses the rows
+            boi, eoi = self._boi[first:last], self._eoi[first:last]
+            self._ranges = ((first, last), np.concatenate([
+                np.stack([boi - c.boi_before, boi + c.boi_after], axis=1),
+                np.stack([eoi - c.eoi_before, eoi + c.eoi_after], axis=1),
+            ]))
+        return self._ranges[1]
 
     def keep(self, positions: np.ndarray, seen: int) -> np.ndarray:
         """Boolean mask: which of ``positions`` are in the kept set after ``seen`` tokens."""

@@ -5,9 +5,9 @@ re-rotate) once; each layer then applies the same plan to its own key/value buff
 
 Layout: held tokens occupy the contiguous slot prefix ``[0, stored)`` of a preallocated buffer,
 in no particular order. A decoded token is written into the slot its eviction freed (steady state:
-one write, no move); other holes are filled by moving a tail slot into them (swap-remove). A
-chunk of several tokens is laid out after the compacted held tokens so that the causal mask over
-``[held | chunk]`` is right. Attention never depends on the order of the held tokens, only on
+one write, no move, planned in O(1) while the anchored images stay the same); other holes are
+filled by moving a tail slot into them (swap-remove). A chunk of several tokens is laid out after
+the compacted held tokens so that the causal mask over ``[held | chunk]`` is right. Attention never depends on the order of the held tokens, only on
 their rotations: every held token is visible to every query of the step.
 
 Positions. ``absolute``: keys keep the rotation of their absolute position. ``rerotate``: the
@@ -74,6 +74,9 @@ def _long(values: np.ndarray | list[int]) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.int64))
 
 
+_NO_SLOTS = torch.empty(0, dtype=torch.int64)  # shared by plans that move, save and rotate nothing
+
+
 def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
     grown = np.full(capacity, -1, dtype=np.int64)
     grown[: array.size] = array
@@ -94,6 +97,7 @@ class SlotTable:
         self.free_pristine = list(range(self.pristine_capacity - 1, -1, -1))
         self.stored = 0
         self.seen = 0
+        self._anchored = (0, 0)  # images whose anchors the held set keeps (``RetentionPolicy.anchored``)
         self._pending: tuple[tuple[int, int, bool, int], StepPlan, dict] | None = None
 
     def positions(self) -> np.ndarray:
@@ -111,7 +115,8 @@ class SlotTable:
         key = (self.seen, q, commit, self.policy.image_count)
         if self._pending is not None and self._pending[0] == key:
             return self._pending[1]
-        plan, state = self._make_plan(q, commit)
+        fast = commit and q == 1 and not self.rerotate
+        plan, state = (fast and self._decode_plan()) or self._make_plan(q, commit)
         self._pending = (key, plan, state)
         return plan
 
@@ -126,7 +131,40 @@ class SlotTable:
         self.stored = plan.stored_after
         if plan.commit:
             self.seen += plan.q
+            self._anchored = state["anchored"]
         self._pending = None
+
+    def _decode_plan(self) -> tuple[StepPlan, dict] | None:
+        """One committed token at absolute positions, the steady state of decoding, in O(1) bookkeeping.
+
+        While the anchored images stay the same, the only position that can leave the kept set is the
+        one leaving the window, ``seen - W``; its slot takes the new token. ``None`` (use the full plan)
+        when the anchored images change at this step or a dense buffer must grow.
+        """
+        n, stored = self.seen, self.stored
+        anchored = self.policy.anchored(n + 1)
+        if anchored != self._anchored:
+            return None
+        slot = held = stored
+        leaving = n - self.policy.config.window
+        if self.policy.bounded and leaving >= 0 and not self.policy.keep(np.array([leaving]), n + 1)[0]:
+            (slots,) = np.nonzero(self.pos[:stored] == leaving)
+            if slots.size != 1:
+                raise AssertionError(f"position {leaving} is in the window but held in {slots.size} slots")
+            slot, held = int(slots[0]), stored - 1
+        if slot >= self.capacity:
+            return None
+        pos, eff, pristine = self.pos.copy(), self.eff.copy(), self.pristine.copy()
+        pos[slot], eff[slot], pristine[slot] = n, n, -1
+        plan = StepPlan(
+            seen=n, q=1, commit=True, held=held, capacity=self.capacity,
+            move_src=_NO_SLOTS, move_dst=_NO_SLOTS, save_slots=_NO_SLOTS, save_pristine=_NO_SLOTS,
+            rotate_slots=_NO_SLOTS, rotate_pristine=_NO_SLOTS, rotate_delta=_NO_SLOTS,
+            decode_slot=slot, chunk_keep=None, stored_after=held + 1,
+        )
+        state = {"capacity": self.capacity, "pos": pos, "eff": eff, "pristine": pristine,
+                 "free_pristine": self.free_pristine, "anchored": anchored}
+        return plan, state
 
     def _make_plan(self, q: int, commit: bool) -> tuple[StepPlan, dict]:
         n, stored = self.seen, self.stored
@@ -207,7 +245,7 @@ class SlotTable:
             decode_slot=decode_slot, chunk_keep=chunk_keep_tensor, stored_after=m + k,
         )
         state = {"capacity": capacity, "pos": pos, "eff": eff, "pristine": pristine,
-                 "free_pristine": free_pristine}
+                 "free_pristine": free_pristine, "anchored": self.policy.anchored(n + q) if commit else self._anchored}
         return plan, state
 
 

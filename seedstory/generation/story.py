@@ -9,7 +9,10 @@ image is never re-encoded, so decoding (the optional ``decoder`` callback, or th
 the critical path.
 
 ``context: recompute-window`` reproduces the public reference instead: every segment re-encodes
-BOS + the last K segments from scratch into a fresh dense cache.
+BOS + the last K segments from scratch into a fresh dense cache, and the image-query tokens take one
+forward each (the reference generates them through ``generate`` with a logits processor forcing
+them). Both are what the cache saves; ``context_s`` and ``image_s`` in each segment's stats say how
+much of the time each took.
 
 A segment that reaches ``max_text_tokens`` without BOI either gets BOI forced
 (``on_text_budget: force-image``, flagged in its stats) or ends the story with the outcome
@@ -62,6 +65,8 @@ class SegmentStats:
     text_tokens: int
     decode_steps: int
     decode_s: float
+    context_s: float  # putting earlier segments into the cache: the last image block, or the whole window
+    image_s: float  # the image-query forwards that produce the features
     kv_bytes: int  # every tensor the cache allocated: the memory it costs
     kv_held_bytes: int  # the keys and values attention reads
     held_tokens: int
@@ -185,12 +190,22 @@ class StoryGenerator:
                     raise _Stop(Outcome.TEXT_BUDGET_EXHAUSTED)
                 return ids, decode_s, len(ids), True
 
-    def _image(self, cache: SinkCache) -> torch.Tensor:
-        """Features [Nv, Dv] of the image the model is about to draw (the cache is left unchanged)."""
+    def _image(self, cache: SinkCache, token_by_token: bool) -> torch.Tensor:
+        """Features [Nv, Dv] of the image the model is about to draw.
+
+        BOI + the N queries go in as one preview forward, which leaves the cache unchanged (the next
+        segment's context is the image block instead). ``token_by_token`` is the reference's way: one
+        committed forward per token, into a cache the next segment rebuilds anyway; causal attention
+        makes the hidden states the same.
+        """
         boi = self._ids([self.model.layout.boi])
         embeds = torch.cat([boi, self.model.image_query_embeds()[None].to(boi.dtype)], dim=1)
-        with cache.preview():
-            _, hidden = self.model.step(embeds, cache)
+        if token_by_token:
+            hidden = torch.cat([self.model.step(embeds[:, i : i + 1], cache, logits_to_keep=1)[1]
+                                for i in range(embeds.shape[1])], dim=1)
+        else:
+            with cache.preview():
+                _, hidden = self.model.step(embeds, cache, logits_to_keep=1)
         return self.model.regress(hidden[:, 1:])[0]
 
     @torch.no_grad()
@@ -209,19 +224,24 @@ class StoryGenerator:
         cache = SinkCache(dense if recompute else self.cache_config, self.model.llm.config)
         if not recompute:
             logits = self._prefill(cache, list(start.token_ids), [([], f) for _, f in history], [])
+        context_s = time.perf_counter() - began
         try:
             for index in range(self.config.segments):
                 if recompute:
                     cache = SinkCache(dense, self.model.llm.config)
                     window = history[-self.config.recompute_segments:]
                     logits = self._prefill(cache, list(start.token_ids[:1]), window, lead)
+                    context_s = time.perf_counter() - began
                 text, decode_s, steps, forced = self._text(cache, logits, sampler)
-                features = self._image(cache)
+                image_began = time.perf_counter()
+                features = self._image(cache, token_by_token=recompute)
+                image_s = time.perf_counter() - image_began
                 segment = Segment(
                     index=index, text_ids=text, features=features,
                     stats=SegmentStats(
                         wall_s=time.perf_counter() - began, text_tokens=len(text), decode_steps=steps,
-                        decode_s=decode_s, kv_bytes=cache.tensor_bytes(), kv_held_bytes=cache.held_bytes(),
+                        decode_s=decode_s, context_s=context_s, image_s=image_s,
+                        kv_bytes=cache.tensor_bytes(), kv_held_bytes=cache.held_bytes(),
                         held_tokens=len(cache.kept_positions()),
                         forced_image=forced,
                     ),
@@ -233,6 +253,7 @@ class StoryGenerator:
                 began = time.perf_counter()
                 if not recompute:
                     logits = self._append(cache, self._image_block(features), image_at=0)
+                    context_s = time.perf_counter() - began
         except _Stop as stop:
             story.outcome = stop.outcome
             return

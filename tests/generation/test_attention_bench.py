@@ -33,8 +33,11 @@ def test_every_mode_records_every_segment_in_the_issue_schema(modes):
     for records in modes.values():
         assert [r["index"] for r in records] == list(range(5))
         for record in records:
-            assert set(record) == {"index", "wall_s", "token_latency_s", "kv_bytes", "kv_held_bytes", "peak_rss_bytes"}
+            assert set(record) == {"index", "wall_s", "token_latency_s", "decode_s", "context_s", "image_s",
+                                   "kv_bytes", "kv_held_bytes", "peak_rss_bytes"}
             assert record["wall_s"] > 0 and record["token_latency_s"] > 0
+            parts = record["decode_s"] + record["context_s"] + record["image_s"]
+            assert 0 < parts <= record["wall_s"] and min(record["context_s"], record["image_s"]) > 0
             assert record["kv_bytes"] > 0 and record["peak_rss_bytes"] > 0
     dense, window = modes["dense"], modes["window"]
     assert [r["kv_bytes"] for r in dense] == sorted(r["kv_bytes"] for r in dense)

@@ -138,3 +138,33 @@ def test_paper_anchors_follow_the_boi_rule():
     policy.add_image(ImageSpan(200, 265))
     assert policy.anchor_ranges(300).size == 0  # BOI 200 == seen - W: still inside
     assert policy.anchor_ranges(301).tolist() == [[200, 205], [257, 265]]
+
+
+@pytest.mark.parametrize("mode", ["window", "sink", "mm-sink"])
+def test_decoding_rescans_the_held_set_only_when_the_anchored_images_change(mode):
+    """The steady state of decoding is planned from the one position leaving the window; the full plan
+    (a keep test over every held position) runs only at the steps where an image becomes anchored."""
+    config = AttentionSinkConfig(mode=mode, sink_tokens=2, window=16, boi_after=2, eoi_before=3,
+                                 max_anchored_images=2)
+    policy = RetentionPolicy(config)
+    table = SlotTable(policy, rerotate=False)
+    tested: list[int] = []
+    keep = policy.keep
+    policy.keep = lambda positions, seen: tested.append(positions.size) or keep(positions, seen)
+    images: list[tuple[int, int]] = []
+    table.apply(table.plan(20, commit=True))
+    full_scans = 0
+    for _ in range(8):
+        span = (table.seen, table.seen + IMAGE_TOKENS + 1)
+        images.append(span)
+        policy.add_image(ImageSpan(*span))
+        table.apply(table.plan(IMAGE_TOKENS + 2, commit=True))
+        for _ in range(10):
+            changes = policy.anchored(table.seen + 1) != policy.anchored(table.seen)
+            tested.clear()
+            table.apply(table.plan(1, commit=True))
+            scanned = max(tested) > 1
+            assert scanned == changes, f"step to {table.seen}: full plan {scanned}, anchored images changed {changes}"
+            full_scans += scanned
+            assert set(table.positions().tolist()) == reference_kept(config, table.seen, images)
+    assert (0 < full_scans <= len(images)) if mode == "mm-sink" else full_scans == 0  # at most once per image

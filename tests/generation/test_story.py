@@ -98,7 +98,8 @@ def test_two_interleaved_stories_equal_the_same_stories_one_after_the_other(mllm
 
 def test_cached_context_equals_recomputing_the_whole_story(mllm):
     """Features go back in through the input resampler: a cache that keeps everything must see the same
-    context as the reference behaviour of re-encoding every earlier segment."""
+    context as the reference behaviour of re-encoding every earlier segment (and drawing the image one
+    query token per forward must give the same features as the one-forward preview)."""
     cached = list(generator(mllm, cache=AttentionSinkConfig(mode="dense")).generate(start(mllm)))
     recomputed = list(generator(mllm, context="recompute-window", recompute_segments=10).generate(start(mllm)))
     assert [s.text_ids for s in cached] == [s.text_ids for s in recomputed]
@@ -111,4 +112,6 @@ def test_recompute_window_bounds_its_context(mllm):
     segments = list(story)
     assert story.outcome is Outcome.COMPLETED and len(segments) == 5
     per_segment = 6 + 18 + len(SEPARATOR)  # text + image block + separator, at most
-    assert all(s.stats.held_tokens <= 1 + 2 * per_segment + 6 for s in segments)
+    drawing = 1 + 16  # BOI + the queries, committed one forward each as the reference does
+    assert all(s.stats.held_tokens <= 1 + 2 * per_segment + 6 + drawing for s in segments)
+    assert all(s.stats.context_s > 0 and s.stats.image_s > 0 for s in segments)
