@@ -2,10 +2,11 @@
 
 Round-robin (one segment of each story in turn, the order reversed every other segment) makes every
 mode share whatever the machine's other tenants leave of the CPU, so per-segment times compare
-fairly on a busy 2-core box; the price is that ``peak_rss_bytes`` is the process's peak, shared by all modes (``kv_bytes`` is each
-mode's own). All stories use one model. Random weights never choose BOI, so every segment is
-exactly ``text_tokens`` text tokens followed by a forced image (``on_text_budget: force-image``);
-BOI and EOS output rows are zeroed so no mode can stop early, and every mode does the same work.
+fairly on a busy 2-core box; the price is that ``peak_rss_bytes`` is the process's peak, shared by
+all modes (``kv_bytes`` is each mode's own). All stories use one model. Random weights never choose
+BOI, so every segment is exactly ``text_tokens`` text tokens followed by a forced image
+(``on_text_budget: force-image``); BOI and EOS output rows are zeroed so no mode can stop early, and
+every mode does the same work.
 
 ``sink`` and ``mm-sink`` run with both position modes (the other modes never move a key, so
 positions do not change them); ``pick_positions`` chooses the default from the measured cost.
@@ -134,7 +135,8 @@ def pick_positions(absolute: list[dict], rerotate: list[dict], tolerance: float 
     (first, _), (_, last) = phases(absolute)  # every segment once the window is full
     cost = median_latency(rerotate, first, last) / median_latency(absolute, first, last)
     if cost <= 1 + tolerance:
-        return "rerotate", f"re-rotation costs {cost - 1:+.1%} per token (<= {tolerance:.0%}) and keeps distances in-cache"
+        return "rerotate", (f"re-rotation costs {cost - 1:+.1%} per token (<= {tolerance:.0%}) "
+                            "and keeps distances in-cache")
     return "absolute", f"re-rotation costs {cost - 1:+.1%} per token (> {tolerance:.0%})"
 
 

@@ -7,8 +7,9 @@ positions. An image is anchored once its earliest anchor position has left the w
 paper's anchors (``boi_before = 0`` and the EOI range starting after BOI) that is exactly "its BOI has
 left the window" (``boi < seen - W``). The general form keeps the set causal: an anchor position
 that lies before BOI (``boi_before > 0``, or an image shorter than ``eoi_before``) would otherwise
-be evicted while BOI is still in the window and be wanted back later, which no cache can do. ``dense`` keeps everything, ``window`` only the last ``W``, ``sink``
-the first ``S`` and the last ``W``. Every set is clipped to ``[0, seen)``.
+be evicted while BOI is still in the window and be wanted back later, which no cache can do.
+``dense`` keeps everything, ``window`` only the last ``W``, ``sink`` the first ``S`` and the last
+``W``. Every set is clipped to ``[0, seen)``.
 """
 
 from __future__ import annotations

@@ -187,7 +187,8 @@ class SinkCache(Cache):
         return sum(layer.tensor_bytes() for layer in self.layers if layer.is_initialized)
 
 
-def image_spans(input_ids: torch.Tensor | list[int], boi_id: int, eoi_id: int, offset: int = 0) -> list[tuple[int, int]]:
+def image_spans(input_ids: torch.Tensor | list[int], boi_id: int, eoi_id: int,
+                offset: int = 0) -> list[tuple[int, int]]:
     """``(boi, eoi)`` absolute positions of every complete image in a 1-D id sequence starting at ``offset``."""
     ids = torch.as_tensor(input_ids).reshape(-1).tolist()
     spans: list[tuple[int, int]] = []

@@ -7,8 +7,9 @@ Layout: held tokens occupy the contiguous slot prefix ``[0, stored)`` of a preal
 in no particular order. A decoded token is written into the slot its eviction freed (steady state:
 one write, no move, planned in O(1) while the anchored images stay the same); other holes are
 filled by moving a tail slot into them (swap-remove). A chunk of several tokens is laid out after
-the compacted held tokens so that the causal mask over ``[held | chunk]`` is right. Attention never depends on the order of the held tokens, only on
-their rotations: every held token is visible to every query of the step.
+the compacted held tokens so that the causal mask over ``[held | chunk]`` is right. Attention never
+depends on the order of the held tokens, only on their rotations: every held token is visible to
+every query of the step.
 
 Positions. ``absolute``: keys keep the rotation of their absolute position. ``rerotate``: the
 relative distance between a query and a key is their distance *within the cache* (StreamingLLM):
@@ -244,8 +245,9 @@ class SlotTable:
             rotate_delta=_long(rotate_delta),
             decode_slot=decode_slot, chunk_keep=chunk_keep_tensor, stored_after=m + k,
         )
+        anchored = self.policy.anchored(n + q) if commit else self._anchored
         state = {"capacity": capacity, "pos": pos, "eff": eff, "pristine": pristine,
-                 "free_pristine": free_pristine, "anchored": self.policy.anchored(n + q) if commit else self._anchored}
+                 "free_pristine": free_pristine, "anchored": anchored}
         return plan, state
 
 
