@@ -56,17 +56,23 @@ SUBMIT := source $(STATE_DIR)/env.sh && $(BIN)/ray job submit --working-dir . \
 DEMO_CONFIG ?= demo
 DEMO_JOBS := generate_toyworld init_base_weights detokenizer_pretrain story_instruct detokenizer_adapt
 
-demo: stack-up  ## toy world + the three training stages, each through `ray job submit` (tiny preset)
+DEMO_STORY ?= out/demo-story
+
+demo: stack-up  ## toy world, base weights, the three stages (each a `ray job submit`), then a story from them
 	@for job in $(DEMO_JOBS); do \
 		echo "==> ray job submit ... python jobs/$$job.py --config $(DEMO_CONFIG) $(OVERRIDES)"; \
 		$(SUBMIT) python jobs/$$job.py --config $(DEMO_CONFIG) $(OVERRIDES) || exit 1; \
 	done
+	@echo "==> seedstory generate --from-split test --segments 8 --out $(DEMO_STORY)"
+	@source $(STATE_DIR)/env.sh && $(BIN)/seedstory generate --config $(DEMO_CONFIG) --from-split test \
+		--segments 8 --out $(DEMO_STORY) $(OVERRIDES)
 	@source $(STATE_DIR)/env.sh && printf '\n%s\n' \
 		"Demo done. Where to look:" \
 		"  MLflow runs:    $$MLFLOW_TRACKING_URI/#/experiments  (experiment 'seedstory': toyworld + one run per stage)" \
 		"  MLflow models:  $$MLFLOW_TRACKING_URI/#/models  (seedstory-detokenizer, seedstory-mllm, seedstory-adapted-detokenizer @candidate)" \
 		"  Ray dashboard:  $$RAY_API_SERVER_ADDRESS  (jobs, logs)" \
 		"  Object storage: $$AWS_ENDPOINT_URL  s3://$$SEEDSTORY_BUCKET/{toyworld,base,runs,exports}" \
+		"  The story:      file://$(abspath $(DEMO_STORY))/index.html  (written by the models above)" \
 		"  Stop the stack: make stack-down"
 
 test: $(STAMP)  ## run the whole test suite (starts and stops its own stack)

@@ -15,6 +15,7 @@ from seedstory.config.infra import StackConfig
 from seedstory.stack import LocalStack, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.story_models"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -58,6 +58,16 @@ def load_story(line: StoryLine, image_root: str) -> Story:
     return Story(record.key(line.file, line.line), record, tuple(fetched[p] for p in record.images))
 
 
+def story_opening(jsonl: str | list[str], image_root: str, index: int = 0) -> tuple[str, Image.Image]:
+    """The first caption and frame of story ``index`` (in file order) of a StoryStream dataset."""
+    lines = read_story_lines(expand_jsonl(jsonl))
+    line = next((line for i, line in enumerate(lines) if i == index), None)
+    if line is None:
+        raise IndexError(f"{jsonl} holds fewer than {index + 1} stories")
+    story = load_story(line, image_root)
+    return story.captions[0], story.image(0)
+
+
 def scan_dataset(jsonl: str | list[str], image_root: str, failure_budget: float) -> BadRecordLedger:
     """Check every story and decode every image, as a user should before a long run."""
     lines = list(read_story_lines(expand_jsonl(jsonl)))

@@ -87,6 +87,11 @@ def _read_manifest(folder: Path, component: str) -> dict:
     return manifest
 
 
+def export_model_config(uri: str, component: str) -> ModelConfig:
+    """The model config an export was made with: its shapes and the base weights it depends on."""
+    return ModelConfig.model_validate(_read_manifest(local_copy(uri), component)["model"])
+
+
 def export_vit(vit: VisionTransformer, uri: str) -> None:
     """One safetensors file (``uri`` names the file) with Qwen-VL's tensor names."""
     tensors = {QWEN_VISUAL_PREFIX + name: t.detach().contiguous() for name, t in vit.state_dict().items()}

@@ -1,0 +1,72 @@
+"""Batch story generation: a prompts JSONL in, one storybook folder per prompt out, with Ray Data.
+
+    ray job submit --working-dir . -- python jobs/generate_stories.py --config tiny \
+        --prompts s3://seedstory/prompts.jsonl --out s3://seedstory/stories/batch-1 [--alias candidate]
+
+Recipe: config -> the models at the alias (resolved once, so every actor serves the same versions)
+-> prompt lines parsed on the driver (bad ones counted with their line) -> Ray Data actor pool, one
+model load per actor, each prompt's storybook (story.json, PNGs, index.html) under --out/<id>/
+-> --out/summary.json and where to look. A prompt line is {"text": ..., "image"?: ..., "segments"?:
+..., "seed"?: ..., "id"?: ...}; a relative image path is relative to the prompts file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import posixpath
+from dataclasses import asdict
+
+import ray
+
+from seedstory.cli.options import add_config_arguments, config_from_args
+from seedstory.generation.batch import (
+    SUMMARY_FILE, StoryWriter, prepare_prompts, read_prompt_lines, summarize,
+)
+from seedstory.generation.pipeline import model_references, resolve_models
+from seedstory.storage import join, write_bytes
+from seedstory.training.registry import CANDIDATE
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", required=True, help="prompts JSONL (local path or s3:// URI)")
+    parser.add_argument("--out", required=True, help="folder for the storybooks and summary.json (local or s3://)")
+    parser.add_argument("--alias", default=CANDIDATE, help=f"registry alias of the models (default: {CANDIDATE})")
+    parser.add_argument("--segments", type=int, default=None, help="default segments per story (default: story.segments)")
+    parser.add_argument("--actors", type=int, default=1, help="model replicas in the actor pool (default: 1)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each actor reserves (default: 1)")
+    add_config_arguments(parser)
+    args = parser.parse_args()
+    config = config_from_args(args)
+    if args.segments is not None and args.segments < 1:
+        parser.error(f"--segments must be at least 1, got {args.segments}")
+
+    sources = resolve_models(config, model_references(config, args.alias))
+    lines = read_prompt_lines(args.prompts)
+    prompts, bad = prepare_prompts(lines, posixpath.dirname(args.prompts.rstrip("/")),
+                                   args.segments or config.story.segments)
+    print(f"{len(lines)} prompt lines: {len(prompts)} to write, {len(bad)} bad", flush=True)
+
+    results = []
+    if prompts:
+        stories = ray.data.from_items([asdict(p) for p in prompts]).map_batches(
+            StoryWriter, batch_size=1, num_cpus=args.cpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(size=min(args.actors, len(prompts))),
+            fn_constructor_kwargs={"config": config.model_dump(mode="json"), "out": args.out,
+                                   "sources": {name: asdict(source) for name, source in sources.items()}},
+        )
+        results = stories.take_all()
+
+    summary = summarize(results, bad, args.prompts, {name: asdict(s) for name, s in sources.items()})
+    write_bytes(join(args.out, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
+    for entry in summary["bad"]:
+        print(f"bad prompt {args.prompts}:{entry['line']}: {entry['detail']}")
+    print(f"\n{summary['stories']} stories written, {summary['bad_prompts']} bad prompts skipped")
+    print(f"summary:    {join(args.out, SUMMARY_FILE)}")
+    for entry in summary["written"][:5]:
+        print(f"storybook:  {entry['storybook']}")
+
+
+if __name__ == "__main__":
+    main()

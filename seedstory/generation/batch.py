@@ -1,0 +1,146 @@
+"""Many stories with Ray Data: one model load per actor, one storybook folder per prompt.
+
+A prompts file is JSON Lines, one story a line: ``{"text": str, "image"?: URI, "segments"?: int,
+"seed"?: int, "id"?: str}``; a relative ``image`` is relative to the prompts file's folder. The
+lines are read on the driver (they are small) so every bad prompt keeps its line number. A bad
+prompt (broken JSON, no text, a reused id, an unreadable image, segments < 1) is counted and
+skipped; anything else is a broken pipeline and fails the job.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from seedstory.config import SeedStoryConfig
+from seedstory.generation.pipeline import StoryInputError, StoryModels, StoryPipeline, read_image
+from seedstory.generation.storybook import save_storybook
+from seedstory.storage import is_remote, join, read_bytes
+from seedstory.training.registry import ResolvedSource
+
+SUMMARY_FILE = "summary.json"
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    line: int
+    id: str
+    text: str
+    image: str | None
+    segments: int
+    seed: int | None
+
+
+PROMPT_FIELDS = ("line", "id", "text", "image", "segments", "seed")
+
+
+def read_prompt_lines(uri: str) -> list[dict[str, Any]]:
+    """``{"line": n, "text": raw}`` for every non-blank line (1-based numbers)."""
+    lines = read_bytes(uri).decode("utf-8").splitlines()
+    return [{"line": n, "text": text} for n, text in enumerate(lines, start=1) if text.strip()]
+
+
+def parse_prompt(raw: str, line: int, base: str, default_segments: int) -> Prompt:
+    """One prompt line; ``StoryInputError`` names what is wrong with it."""
+    try:
+        item = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise StoryInputError(f"not JSON: {err.msg} at column {err.colno}") from None
+    if not isinstance(item, dict):
+        raise StoryInputError(f"a prompt is a JSON object, got {type(item).__name__}")
+    unknown = sorted(set(item) - {"id", "text", "image", "segments", "seed"})
+    if unknown:
+        raise StoryInputError(f"unknown field(s) {', '.join(unknown)}")
+    text = item.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise StoryInputError("text: missing or empty")
+    segments = item.get("segments", default_segments)
+    if not isinstance(segments, int) or isinstance(segments, bool) or segments < 1:
+        raise StoryInputError(f"segments: must be an integer >= 1, got {segments!r}")
+    seed = item.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise StoryInputError(f"seed: must be an integer, got {seed!r}")
+    story_id = str(item.get("id", f"line-{line:06d}"))
+    if not SAFE_ID.match(story_id):
+        raise StoryInputError(f"id: {story_id!r} is not a folder name (letters, digits, '.', '_', '-')")
+    image = item.get("image")
+    if image is not None and not isinstance(image, str):
+        raise StoryInputError("image: must be a path or URI string")
+    if image and not is_remote(image) and not posixpath.isabs(image):
+        image = join(base, image)
+    return Prompt(line, story_id, text, image or None, segments, seed)
+
+
+def prepare_prompts(lines: list[dict[str, Any]], base: str, default_segments: int
+                    ) -> tuple[list[Prompt], list[dict[str, Any]]]:
+    """Parse every line on the driver: the valid prompts, and each bad one with its line and reason.
+
+    A second prompt with an id already taken is bad: its story would overwrite the first one's.
+    """
+    prompts: list[Prompt] = []
+    bad: list[dict[str, Any]] = []
+    first_line: dict[str, int] = {}
+    for line in lines:
+        try:
+            prompt = parse_prompt(line["text"], line["line"], base, default_segments)
+            if prompt.id in first_line:
+                raise StoryInputError(f"id: {prompt.id!r} is already used by line {first_line[prompt.id]}")
+        except StoryInputError as err:
+            bad.append({"line": line["line"], "detail": str(err)})
+            continue
+        first_line[prompt.id] = line["line"]
+        prompts.append(prompt)
+    return prompts, bad
+
+
+class StoryWriter:
+    """A Ray Data actor: loads the models once, then writes each prompt's storybook under ``out``."""
+
+    def __init__(self, config: dict, sources: dict[str, dict], out: str) -> None:
+        self.config = SeedStoryConfig.model_validate(config)
+        models = StoryModels.load({name: ResolvedSource(**source) for name, source in sources.items()})
+        self.pipeline = StoryPipeline(models, self.config)
+        self.out = out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rows: dict[str, list] = {key: [] for key in ("line", "id", "detail", "storybook", "segments", "outcome")}
+        for values in zip(*(batch[name] for name in PROMPT_FIELDS)):
+            prompt = Prompt(**{name: _plain(value) for name, value in zip(PROMPT_FIELDS, values)})
+            try:
+                image = read_image(prompt.image) if prompt.image else None
+                story = self.pipeline.write(prompt.text, image, segments=prompt.segments, seed=prompt.seed)
+            except StoryInputError as err:
+                row = {"line": prompt.line, "id": prompt.id, "detail": str(err), "storybook": "", "segments": 0,
+                       "outcome": ""}
+            else:
+                page = save_storybook(self.pipeline.storybook(story), join(self.out, prompt.id))
+                row = {"line": prompt.line, "id": prompt.id, "detail": "", "storybook": page,
+                       "segments": len(story.segments), "outcome": story.outcome.value}
+            for key, value in row.items():
+                rows[key].append(value)
+        return rows
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and NaN (Ray Data's missing values) back to plain Python."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and value != value else value
+
+
+def summarize(results: list[dict[str, Any]], bad: list[dict[str, Any]], prompts_uri: str,
+              models: dict[str, Any]) -> dict[str, Any]:
+    """Counts, every bad prompt with its line and reason, and where each story went."""
+    written = sorted((r for r in results if not r["detail"]), key=lambda r: r["line"])
+    bad = sorted([*bad, *({"line": r["line"], "detail": r["detail"]} for r in results if r["detail"])],
+                 key=lambda r: r["line"])
+    return {
+        "prompts": prompts_uri, "models": models, "stories": len(written), "bad_prompts": len(bad), "bad": bad,
+        "written": [{key: r[key] for key in ("line", "id", "storybook", "segments", "outcome")} for r in written],
+    }

@@ -1,0 +1,77 @@
+"""Batch generation: prompt lines checked on the driver, a Ray Data actor pool writing storybooks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from seedstory import storage
+from seedstory.data.images import encode_image
+from seedstory.data.toyworld.generate import toy_story
+from seedstory.data.toyworld.render import render_frame
+from seedstory.generation.batch import prepare_prompts
+from tests.conftest import REPO_ROOT
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _lines(*texts: str) -> list[dict]:
+    return [{"line": n, "text": t} for n, t in enumerate(texts, start=1)]
+
+
+def test_prompts_are_parsed_with_defaults_and_relative_images():
+    prompts, bad = prepare_prompts(_lines('{"text": "Tom waits.", "image": "a.png", "id": "first"}',
+                                          '{"text": "Mia runs.", "segments": 3, "seed": 7}'), "s3://b/prompts", 5)
+    assert bad == []
+    assert (prompts[0].id, prompts[0].image, prompts[0].segments, prompts[0].seed) == ("first", "s3://b/prompts/a.png", 5, None)
+    assert (prompts[1].id, prompts[1].image, prompts[1].segments, prompts[1].seed) == ("line-000002", None, 3, 7)
+
+
+def test_every_bad_prompt_is_named_with_its_line():
+    prompts, bad = prepare_prompts(_lines(
+        '{"text": "ok", "id": "a"}', "{not json", '{"image": "x.png"}', '{"text": "x", "segments": 0}',
+        '{"text": "x", "id": "a"}', '{"text": "x", "id": "../up"}', '{"text": "x", "colour": 1}', '["x"]',
+    ), "/p", 2)
+    assert [p.id for p in prompts] == ["a"]
+    details = {entry["line"]: entry["detail"] for entry in bad}
+    assert details[2].startswith("not JSON") and details[3] == "text: missing or empty"
+    assert details[4].startswith("segments: must be an integer >= 1")
+    assert details[5] == "id: 'a' is already used by line 1" and details[6].startswith("id: '../up'")
+    assert details[7] == "unknown field(s) colour" and details[8].startswith("a prompt is a JSON object")
+
+
+@pytest.mark.stack
+def test_batch_job_writes_one_storybook_per_good_prompt_and_counts_the_bad(ray_head, story_models, weights_cache):
+    bucket = ray_head.bucket
+    root = f"s3://{bucket}/batch-{uuid.uuid4().hex[:6]}"
+    frame = render_frame(toy_story(story_models.config.data.toy, 2).states[0], 64)
+    storage.write_bytes(f"{root}/in/opening.png", encode_image(frame, ".png"))
+    storage.write_bytes(f"{root}/in/broken.png", b"not a picture")
+    prompts = [{"id": "with-image", "text": "Ben is big.", "image": "opening.png", "segments": 2},
+               {"text": "Zoe travels.", "segments": 1}, {"id": "bad-image", "text": "x", "image": "broken.png"}]
+    lines = [json.dumps(p) for p in prompts] + ['{"text": ']
+    storage.write_bytes(f"{root}/in/prompts.jsonl", "\n".join(lines).encode())
+    runtime_env = {"env_vars": {"SEEDSTORY_WEIGHTS_CACHE": str(weights_cache), "HF_HUB_OFFLINE": "1"}}
+    done = subprocess.run(
+        [RAY, "job", "submit", "--address", ray_head.ray_dashboard_url, "--working-dir", str(REPO_ROOT),
+         "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/generate_stories.py",
+         "--config", "tiny", "--prompts", f"{root}/in/prompts.jsonl", "--out", f"{root}/out",
+         "--cpus-per-actor", "0.5", *story_models.overrides],
+        capture_output=True, text=True, timeout=400,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    summary = json.loads(storage.read_bytes(f"{root}/out/summary.json"))
+    assert summary["stories"] == 2 and summary["bad_prompts"] == 2
+    assert [entry["line"] for entry in summary["bad"]] == [3, 4]
+    assert "broken.png" in summary["bad"][0]["detail"] and summary["bad"][1]["detail"].startswith("not JSON")
+    assert {entry["id"]: entry["segments"] for entry in summary["written"]} == {"with-image": 2, "line-000002": 1}
+    for entry in summary["written"]:
+        story = json.loads(storage.read_bytes(storage.join(entry["storybook"].removesuffix("/index.html"), "story.json")))
+        assert len(story["segments"]) == entry["segments"]
+        assert story["models"]["mllm"]["version"] == story_models.versions["mllm"]
+    assert "2 stories written, 2 bad prompts skipped" in done.stdout
