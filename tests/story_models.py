@@ -48,7 +48,8 @@ def story_models(mlflow_server, weights_cache) -> RegisteredStoryModels:
     overrides = [
         f"storage.bucket={bucket}", "tracking.experiment=generation", f"train.base_weights=s3://{bucket}/base-gen-{tag}",
         "data.toy.stories=4", f"train.story_instruct.registered_model=gen-mllm-{tag}",
-        f"train.detokenizer_adapt.registered_model=gen-detok-{tag}", *STORY_OVERRIDES,
+        f"train.detokenizer_adapt.registered_model=gen-detok-{tag}",
+        f"train.detokenizer_pretrain.registered_model=gen-stage1-{tag}", *STORY_OVERRIDES,
     ]
     config = load_config("tiny", overrides)
     write_tiny_base(config, config.train.base_weights)
@@ -67,5 +68,6 @@ def story_models(mlflow_server, weights_cache) -> RegisteredStoryModels:
     for part, name in (("mllm", config.train.story_instruct.registered_model),
                        ("detokenizer", config.train.detokenizer_adapt.registered_model)):
         versions[part] = register_export(client, name, exports[part], run.info.run_id).version
+    register_export(client, config.train.detokenizer_pretrain.registered_model, exports["detokenizer"], run.info.run_id)
     client.set_terminated(run.info.run_id)
     return RegisteredStoryModels(config, overrides, versions)

@@ -81,7 +81,7 @@ class Judge:
 
     def coherence(self, image: Image.Image, caption: str) -> float:
         """Text-image coherence: Jaccard overlap of the facts the caption states and the frame shows."""
-        return _jaccard(parse_caption(caption).as_set(), self.read(image).as_set())
+        return coherence_of_facts(caption, self.read(image))
 
     def consistency(self, image: Image.Image, previous: Image.Image) -> float:
         """Character/style consistency with the previous frame: the world changes one thing per frame.
@@ -95,7 +95,7 @@ class Judge:
         if len(images) != len(captions) or not images:
             raise ValueError(f"need as many captions as images (got {len(captions)} and {len(images)}, at least one)")
         facts = [self.read(image) for image in images]
-        coherence = [_jaccard(parse_caption(c).as_set(), f.as_set()) for c, f in zip(captions, facts)]
+        coherence = [coherence_of_facts(c, f) for c, f in zip(captions, facts)]
         consistency = [consistency_of_facts(facts[i], facts[i - 1]) for i in range(1, len(facts))]
         return StoryScore(coherence, consistency)
 
@@ -112,6 +112,10 @@ class StoryScore:
     @property
     def mean_consistency(self) -> float:
         return float(np.mean(self.consistency)) if self.consistency else 1.0
+
+
+def coherence_of_facts(caption: str, shown: FrameFacts) -> float:
+    return _jaccard(parse_caption(caption).as_set(), shown.as_set())
 
 
 def consistency_of_facts(current: FrameFacts, previous: FrameFacts) -> float:

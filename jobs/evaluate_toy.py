@@ -1,0 +1,132 @@
+"""Is the toy world learned? The trained models scored exactly on test-split stories they never saw.
+
+    ray job submit --working-dir . -- python jobs/evaluate_toy.py --config toy --out s3://seedstory/eval/toy
+
+Recipe: config -> the models at --alias (stage 1's de-tokenizer, stage 2's MLLM, stage 3's adapted
+de-tokenizer) -> --stories test stories, each opened with its first frame and caption -> the
+de-tokenizer alone, teacher-forced images, free generation of --long-segments segments in every
+attention variant -> DIR/toy_eval.json and DIR/toy_eval.png, the same as an MLflow run (figures as
+metrics, per-segment scores as steps, the files as artifacts) -> PASS/MISS per target. The free
+generation figures of --segments segments are the first segments of the default variant's long stories
+(generation is deterministic, so a shorter story is exactly their beginning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from seedstory.cli.options import add_config_arguments, config_from_args
+from seedstory.data.toyworld.judge import Judge
+from seedstory.eval import toy_world
+from seedstory.generation.attention_bench import POSITIONED
+from seedstory.generation.pipeline import StoryModels, StoryPipeline, model_references, resolve_models
+from seedstory.models.export import load_detokenizer
+from seedstory.storage import join, write_bytes
+from seedstory.tracking import tracked_run
+from seedstory.training.registry import CANDIDATE
+
+TARGETS = {"detokenizer_coherence": 0.95, "teacher_forced_coherence": 0.85, "free_validity": 0.95,
+           "free_coherence": 0.80, "free_consistency": 0.80}
+
+
+def variants() -> list[tuple[str, str, str]]:
+    """(name, cache mode, positions); only the sink modes move keys, so only they have two position modes."""
+    runs = [(mode, mode, "absolute") for mode in ("dense", "window")]
+    return runs + [(f"{mode}/{positions}", mode, positions) for mode in POSITIONED for positions in ("absolute", "rerotate")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (local path or s3://)")
+    parser.add_argument("--alias", default=CANDIDATE, help=f"registry alias of the models (default: {CANDIDATE})")
+    parser.add_argument("--stories", type=int, default=32, help="test stories (default: 32)")
+    parser.add_argument("--segments", type=int, default=10, help="free-generation length of the targets (default: 10)")
+    parser.add_argument("--long-segments", type=int, default=25, help="story length of the attention sweep (default: 25)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    add_config_arguments(parser)
+    args = parser.parse_args()
+    config = config_from_args(args)
+    if args.long_segments < args.segments:
+        parser.error("--long-segments must be at least --segments")
+    torch.set_num_threads(args.threads)
+
+    references = {**model_references(config, args.alias),
+                  "stage1": f"models:/{config.train.detokenizer_pretrain.registered_model}@{args.alias}"}
+    sources = resolve_models(config, references)
+    models = StoryModels.load({part: sources[part] for part in ("mllm", "detokenizer")})
+    stage1 = load_detokenizer(sources["stage1"].uri).eval()
+    stories = toy_world.test_stories(config, args.stories)
+    judge = Judge(config.data.toy.image_size)
+    window_frames = config.data.window_frames
+    default = config.story.cache
+    default_name = default.mode if default.mode not in POSITIONED else f"{default.mode}/{default.positions}"
+    lineage = {f"lineage.{name}.model_version": f"{s.model_name}/{s.version}" for name, s in sources.items() if s.version}
+
+    with tracked_run(config.tracking, stage="evaluate_toy", run_name=f"evaluate-toy-{time.strftime('%Y%m%d-%H%M%S')}",
+                     params=config, tags=lineage):
+        began = time.perf_counter()
+        figures = {"detokenizer_coherence": float(np.mean(
+            toy_world.detokenizer_alone(stage1, models.vit, stories, judge, window_frames)))}
+        figures["adapted_detokenizer_coherence"] = float(np.mean(
+            toy_world.detokenizer_alone(models.detokenizer, models.vit, stories, judge, window_frames)))
+        figures["teacher_forced_coherence"] = float(np.mean(
+            toy_world.teacher_forced(StoryPipeline(models, config), stories, judge, window_frames)))
+        print(f"de-tokenizer and teacher-forced figures in {time.perf_counter() - began:.0f} s", flush=True)
+
+        curves, long_overall, runs_of = {}, {}, {}
+        for name, mode, positions in variants():
+            began = time.perf_counter()
+            cache = default.model_copy(update={"mode": mode, "positions": positions})
+            pipeline = StoryPipeline(models, config.model_copy(update={"story": config.story.model_copy(update={"cache": cache})}))
+            runs = [toy_world.free_story_scores(pipeline, story, judge, args.long_segments, config.story.seed)
+                    for story in stories]
+            runs_of[name] = runs
+            curves[name] = toy_world.per_segment(runs, args.long_segments)
+            long_overall[name] = toy_world.overall(runs)
+            print(f"{name}: {long_overall[name]} in {time.perf_counter() - began:.0f} s", flush=True)
+        short = [{score: run[score][:args.segments] for score in ("validity", "coherence", "consistency")}
+                 for run in runs_of[default_name]]
+        figures.update({f"free_{score}": value for score, value in toy_world.overall(short).items()})
+
+        beyond = {name: float(np.mean([v for score in c.values() for v in score[window_frames:] if v is not None]))
+                  for name, c in curves.items()}
+        best = max(beyond, key=beyond.get)
+        result = {
+            "config": {"stories": len(stories), "segments": args.segments, "long_segments": args.long_segments,
+                       "training_frames": window_frames, "default_variant": default_name, "alias": args.alias},
+            "models": {name: {"reference": s.reference, "version": s.version, "uri": s.uri} for name, s in sources.items()},
+            "figures": figures,
+            "targets": {name: {"value": figures[name], "target": f">= {bound}", "ok": figures[name] >= bound}
+                        for name, bound in TARGETS.items()},
+            "attention": {"overall": long_overall, "beyond_training_length": beyond, "best": best, "per_segment": curves},
+            "outcomes": {name: [run["outcome"] for run in runs] for name, runs in runs_of.items()},
+        }
+        files = {"toy_eval.json": json.dumps(result, indent=1).encode(),
+                 "toy_eval.png": toy_world.plot_per_segment(curves, window_frames)}
+        mlflow.log_metrics({f"toy/{name}": value for name, value in figures.items()})
+        for index in range(args.long_segments):
+            mlflow.log_metrics({f"toy/{name}/{score}": values[index] for name, scores in curves.items()
+                                for score, values in scores.items() if values[index] is not None}, step=index)
+        with tempfile.TemporaryDirectory() as folder:
+            for name, data in files.items():
+                Path(folder, name).write_bytes(data)
+                write_bytes(join(args.out, name), data)
+            mlflow.log_artifacts(folder)
+
+    for name, target in result["targets"].items():
+        print(f"{'PASS' if target['ok'] else 'MISS'} {name}: {target['value']:.3f} ({target['target']})")
+    print(f"best attention past the training length: {best} ({beyond[best]:.3f}); configured default: {default_name} "
+          f"({beyond[default_name]:.3f})")
+    print(f"results: {join(args.out, 'toy_eval.json')}")
+
+
+if __name__ == "__main__":
+    main()

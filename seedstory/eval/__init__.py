@@ -1,0 +1,1 @@
+"""Evaluation of trained models against what they were trained to do."""

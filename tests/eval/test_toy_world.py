@@ -1,0 +1,71 @@
+"""The toy-world evaluation: score arithmetic, and jobs/evaluate_toy.py end to end through `ray job submit`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from seedstory import storage
+from seedstory.data.toyworld.generate import write_toy_world
+from seedstory.eval.toy_world import overall, per_segment
+from tests.conftest import REPO_ROOT
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def test_per_segment_means_count_the_stories_that_reached_each_segment():
+    runs = [{"validity": [1.0, 0.0, 1.0], "coherence": [0.5, 0.5, 0.5], "consistency": [1.0, 1.0, 0.0]},
+            {"validity": [0.0], "coherence": [1.0], "consistency": [0.0]}]
+    curves = per_segment(runs, 4)
+    assert curves["validity"] == [0.5, 0.0, 1.0, None] and curves["coherence"][:2] == [0.75, 0.5]
+
+
+def test_overall_scores_a_story_that_ended_early_zero_for_what_it_missed():
+    runs = [{"validity": [1.0, 1.0], "coherence": [1.0, 1.0], "consistency": [1.0, 1.0]},
+            {"validity": [1.0], "coherence": [1.0], "consistency": [1.0]}]
+    assert overall(runs) == {"validity": 0.75, "coherence": 0.75, "consistency": 0.75}
+
+
+@pytest.mark.stack
+def test_evaluate_toy_job_writes_its_figures_and_logs_them_to_mlflow(ray_head, story_models, weights_cache):
+    root = f"s3://{ray_head.bucket}/toy-eval-{uuid.uuid4().hex[:6]}"
+    toy = story_models.config.data.toy.model_copy(update={"stories": 8, "val_fraction": 0.0, "test_fraction": 0.4,
+                                                           "max_frames": 12})
+    summary = write_toy_world(toy, f"{root}/toy")
+    overrides = [*story_models.overrides, f"data.test_jsonl=[{summary['jsonl']['test']}]",
+                 f"data.image_root={summary['image_root']}", "data.window_frames=3", "tracking.experiment=toy-eval"]
+    runtime_env = {"env_vars": {"SEEDSTORY_WEIGHTS_CACHE": str(weights_cache), "HF_HUB_OFFLINE": "1"}}
+    done = subprocess.run(
+        [RAY, "job", "submit", "--address", ray_head.ray_dashboard_url, "--working-dir", str(REPO_ROOT),
+         "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/evaluate_toy.py", "--config", "tiny",
+         "--out", f"{root}/eval", "--stories", "2", "--segments", "2", "--long-segments", "4", "--threads", "1",
+         *overrides],
+        capture_output=True, text=True, timeout=400,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    result = json.loads(storage.read_bytes(f"{root}/eval/toy_eval.json"))
+    assert set(result["targets"]) == {"detokenizer_coherence", "teacher_forced_coherence", "free_validity",
+                                      "free_coherence", "free_consistency"}
+    assert all(0.0 <= target["value"] <= 1.0 for target in result["targets"].values())
+    for name, target in result["targets"].items():
+        assert f"{'PASS' if target['ok'] else 'MISS'} {name}" in done.stdout
+    variants = {"dense", "window", "sink/absolute", "sink/rerotate", "mm-sink/absolute", "mm-sink/rerotate"}
+    assert set(result["attention"]["per_segment"]) == variants and result["attention"]["best"] in variants
+    assert all(len(curve["validity"]) == 4 for curve in result["attention"]["per_segment"].values())
+    assert result["config"]["stories"] == 2 and result["models"]["mllm"]["version"] == story_models.versions["mllm"]
+    assert storage.read_bytes(f"{root}/eval/toy_eval.png").startswith(b"\x89PNG")
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("toy-eval")
+    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.data.tags["seedstory.stage"] == "evaluate_toy"
+    assert run.data.metrics["toy/free_validity"] == pytest.approx(result["figures"]["free_validity"])
+    steps = client.get_metric_history(run.info.run_id, "toy/mm-sink/absolute/coherence")
+    assert sorted(m.step for m in steps) == [0, 1, 2, 3]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"toy_eval.json", "toy_eval.png"}
