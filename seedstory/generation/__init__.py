@@ -1,1 +1,1 @@
-"""Generation: the multimodal attention-sink KV cache and the interleaved story loop."""
+"""Generation: the multimodal attention-sink KV cache, the story loop, and stories from trained models."""

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from mlflow import MlflowClient
+from peft import PeftModel
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
@@ -95,7 +96,7 @@ class StoryModels:
         mllm, tokenizer = load_mllm(mllm_uri)
         if tokenizer is None:
             raise WeightsError(f"{mllm_uri}: the MLLM export holds no tokenizer/, so its text cannot be read")
-        if hasattr(mllm.llm, "peft_config"):
+        if isinstance(mllm.llm, PeftModel):
             merge_lora(mllm)
         vit_config = export_model_config(mllm_uri, "mllm")
         if vit_config.vit.weights is None:

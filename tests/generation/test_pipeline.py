@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+from peft import PeftModel
 
 from seedstory.data.pixels import vit_pixels
 from seedstory.data.toyworld.generate import toy_story
@@ -32,7 +33,7 @@ def test_models_load_by_alias_and_report_the_registered_versions(pipeline, story
     versions = pipeline.models.versions()
     assert {part: versions[part]["version"] for part in versions} == story_models.versions
     assert versions["mllm"]["reference"].endswith("@candidate") and versions["mllm"]["uri"].startswith("s3://")
-    assert not hasattr(pipeline.models.mllm.llm, "peft_config"), "the LoRA adapter is merged for generation"
+    assert not isinstance(pipeline.models.mllm.llm, PeftModel), "the LoRA adapter is merged for generation"
 
 
 def test_opening_image_goes_through_the_vit_like_a_training_frame(pipeline, story_models):
