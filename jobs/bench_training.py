@@ -52,10 +52,10 @@ def measure(run: StageRun, skip: int, seconds: float) -> dict:
 
 def bench_stage(stage: str, config: SeedStoryConfig, skip: int) -> tuple[dict, str]:
     with start_stage(stage, config) as run:
-        dataset, report = stage_dataset(stage, run.config, "train", tokenizer=run.tokenizer(),
-                                        epochs=run.settings.data_epochs)
+        tokenizer = run.tokenizer()
+        dataset, report = stage_dataset(stage, run.config, "train", tokenizer=tokenizer)
         started = time.perf_counter()
-        run.fit(dataset)
+        run.fit(dataset, run.validation_set(tokenizer))
         seconds = time.perf_counter() - started
         run.log_data(report)
     if not run.finished:

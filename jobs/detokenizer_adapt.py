@@ -5,9 +5,10 @@
 Starts from `train.detokenizer_adapt.sources`: `mllm` (stage 2) and `detokenizer` (stage 1), each an
 MLflow model reference (default models:/seedstory-mllm@candidate, models:/seedstory-detokenizer@candidate)
 or an export URI; the versions and runs they resolve to are recorded on the run (lineage).
-Recipe: config -> sources resolved -> story windows tokenized with the MLLM's own tokenizer ->
-MLflow run -> Ray Train + DeepSpeed fit -> export -> model version
-`train.detokenizer_adapt.registered_model`@candidate -> where to look.
+Recipe: config -> sources resolved -> story windows (new ones each pass, shuffled) tokenized with the
+MLLM's own tokenizer (+ the val split, evaluated every `val_every` steps) -> MLflow run -> Ray Train +
+DeepSpeed fit -> export -> model version `train.detokenizer_adapt.registered_model`@candidate -> where
+to look.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ def main() -> None:
     config = config_from_args(parser.parse_args())
 
     with start_stage(STAGE, config) as run:
-        windows, report = stage_dataset(STAGE, run.config, "train", tokenizer=run.tokenizer(),
-                                        epochs=run.settings.data_epochs)
-        run.fit(windows)
+        tokenizer = run.tokenizer()
+        windows, report = stage_dataset(STAGE, run.config, "train", tokenizer=tokenizer)
+        run.fit(windows, run.validation_set(tokenizer))
         run.log_data(report)
         run.register()
     print(run.where_to_look())

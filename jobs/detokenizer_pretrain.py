@@ -2,9 +2,10 @@
 
     ray job submit --working-dir . -- python jobs/detokenizer_pretrain.py --config tiny [KEY=VALUE ...]
 
-Recipe: config (+ base weights) -> every frame of the training stories, streamed from object
-storage -> MLflow run -> Ray Train + DeepSpeed fit -> export (diffusers UNet + adapter) ->
-model version `train.detokenizer_pretrain.registered_model`@candidate -> where to look.
+Recipe: config (+ base weights) -> every frame of the training stories, a fresh random order each
+pass, streamed from object storage (+ the val split, evaluated every `val_every` steps) -> MLflow run
+-> Ray Train + DeepSpeed fit -> export (diffusers UNet + adapter) -> model version
+`train.detokenizer_pretrain.registered_model`@candidate -> where to look.
 Re-submit with the same `train.run_name=NAME` to resume from its latest checkpoint.
 """
 
@@ -25,8 +26,8 @@ def main() -> None:
     config = config_from_args(parser.parse_args())
 
     with start_stage(STAGE, config) as run:
-        frames, report = stage_dataset(STAGE, run.config, "train", epochs=run.settings.data_epochs)
-        run.fit(frames)
+        frames, report = stage_dataset(STAGE, run.config, "train")
+        run.fit(frames, run.validation_set())
         run.log_data(report)
         run.register()
     print(run.where_to_look())

@@ -2,9 +2,10 @@
 
     ray job submit --working-dir . -- python jobs/story_instruct.py --config tiny [KEY=VALUE ...]
 
-Recipe: config (+ base weights) -> random-length story windows tokenized with the base tokenizer,
-streamed from object storage -> MLflow run -> Ray Train + DeepSpeed fit -> export (peft adapter,
-resamplers, tokenizer) -> model version `train.story_instruct.registered_model`@candidate -> where to look.
+Recipe: config (+ base weights) -> random story windows (new ones each pass, shuffled) tokenized with
+the base tokenizer, streamed from object storage (+ the val split, evaluated every `val_every` steps)
+-> MLflow run -> Ray Train + DeepSpeed fit -> export (peft adapter, resamplers, tokenizer) -> model
+version `train.story_instruct.registered_model`@candidate -> where to look.
 Re-submit with the same `train.run_name=NAME` to resume from its latest checkpoint.
 """
 
@@ -25,9 +26,9 @@ def main() -> None:
     config = config_from_args(parser.parse_args())
 
     with start_stage(STAGE, config) as run:
-        windows, report = stage_dataset(STAGE, run.config, "train", tokenizer=run.tokenizer(),
-                                        epochs=run.settings.data_epochs)
-        run.fit(windows)
+        tokenizer = run.tokenizer()
+        windows, report = stage_dataset(STAGE, run.config, "train", tokenizer=tokenizer)
+        run.fit(windows, run.validation_set(tokenizer))
         run.log_data(report)
         run.register()
     print(run.where_to_look())

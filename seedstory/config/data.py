@@ -41,6 +41,10 @@ class DataConfig(Section):
     max_length: int = Field(1024, ge=16)
     failure_budget: float = Field(0.01, ge=0, le=1)
     seed: int = 0
+    shuffle_buffer: int = Field(
+        64, ge=0, description="samples each training worker holds to draw its batches at random from "
+        "(Ray Data local shuffle buffer; 0: stream order)",
+    )
     decode_concurrency: int = Field(1, ge=1)
     actor_cpus: float = Field(0.25, gt=0)
     preprocess_batch_size: int = Field(8, ge=1)

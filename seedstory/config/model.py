@@ -169,6 +169,28 @@ class SchedulerConfig(Section):
     guidance_scale: float = Field(1.0, ge=1.0)
 
 
+class TextTowerConfig(Section):
+    """The text half of a CLIP-style dual encoder whose image half is the ViT.
+
+    Only the tiny preset has one: it pretrains its own ViT on toy-world frames and captions, and
+    keeps the pair as that world's CLIP for evaluation. The paper preset loads Qwen-VL's ViT and
+    leaves ``model.text_tower`` null.
+    """
+
+    width: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    max_length: int = Field(64, ge=2, description="tokens per caption; longer captions are cut (CLIP: 77)")
+    embed_dim: int = Field(64, ge=8, description="width of the joint image-text embedding")
+
+    @model_validator(mode="after")
+    def _heads(self) -> TextTowerConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        return self
+
+
 class LossConfig(Section):
     """Weights of each loss term, and how often stage 1/3 drop the image condition (for guidance)."""
 
@@ -176,6 +198,10 @@ class LossConfig(Section):
     image_cosine: float = Field(1.0, ge=0)
     diffusion_mse: float = Field(1.0, ge=0)
     condition_dropout: float = Field(0.0, ge=0, lt=1)
+    vae_kl: float = Field(
+        1e-6, ge=0, description="weight of the KL term in VAE pretraining (reconstruction error + vae_kl * KL, "
+        "both summed per image as SD's VAE weighs them)",
+    )
 
 
 class ModelConfig(Section):
@@ -196,6 +222,7 @@ class ModelConfig(Section):
     condition_adapter: ConditionAdapterConfig = Field(default_factory=ConditionAdapterConfig)
     unet: UNetConfig = Field(default_factory=UNetConfig)
     vae: VAEConfig = Field(default_factory=VAEConfig)
+    text_tower: TextTowerConfig | None = None
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
 

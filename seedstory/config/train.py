@@ -18,9 +18,13 @@ class StageConfig(Section):
     micro_batch_size: int = Field(1, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
     max_steps: int = Field(100, ge=1)
-    data_epochs: int = Field(
-        1, ge=1, description="story epochs per pass of the data pipeline, each with fresh random windows; a pass "
-        "restarts the Ray Data actors, so small datasets want several epochs per pass",
+    val_every: int | None = Field(
+        None, ge=1, description="evaluate on the val split (data.val_jsonl) every this many steps and at "
+        "max_steps, logged as val/<loss term>; null: no validation",
+    )
+    val_batches: int | None = Field(
+        None, ge=1, description="micro-batches per worker in each evaluation, the first of the val split "
+        "(fixed windows, fixed order); null: the whole val split",
     )
     stop_at_step: int | None = Field(
         None, ge=1, description="end this submission after this step; the schedule still spans max_steps "
@@ -49,8 +53,16 @@ class TrainConfig(Section):
         "name resumes from its latest checkpoint (default: a fresh name per submission)",
     )
     base_weights: str | None = Field(
-        None, description="folder written by jobs/init_base_weights.py (vit.safetensors, llm/, tokenizer/, "
-        "vae/, unet/); fills every model.*.weights and model.llm.tokenizer left null",
+        None, description="folder written by jobs/init_base_weights.py (vit.safetensors, text_encoder/, llm/, "
+        "tokenizer/, vae/, unet/, base.json last); fills every model.*.weights and model.llm.tokenizer left null",
+    )
+    vae_pretrain: StageConfig = Field(
+        default_factory=lambda: StageConfig(registered_model="seedstory-base-vae"),
+        description="the tiny preset's VAE base, pretrained as an autoencoder (jobs/init_base_weights.py)",
+    )
+    clip_pretrain: StageConfig = Field(
+        default_factory=lambda: StageConfig(registered_model="seedstory-base-clip"),
+        description="the tiny preset's ViT base, pretrained with a text tower as a CLIP (jobs/init_base_weights.py)",
     )
     detokenizer_pretrain: StageConfig = Field(
         default_factory=lambda: StageConfig(registered_model="seedstory-detokenizer")

@@ -1,8 +1,8 @@
 """Training samples for each stage, cut from one valid story (numpy, ready for Ray Data).
 
 stage 1: every frame -> ViT input + SD target with SD-XL size/crop conditioning.
-stage 2: random-length windows -> token layout, labels, image-token mask, ViT input of every
-         frame in the window (context frames first, the target last).
+stage 2: random windows (``seedstory.data.windows``, new ones every pass) -> token layout, labels,
+         image-token mask, ViT input of every frame in the window (context frames first, the target last).
 stage 3: stage 2 + the target frame at SD resolution.
 """
 
@@ -45,8 +45,8 @@ class WindowSampler:
     def __post_init__(self) -> None:
         self.layout = StoryLayout(self.tokenizer, self.image_tokens)
 
-    def samples(self, key: str, captions: Sequence[str], frames: Sequence[bytes], epoch: int = 0) -> Iterator[dict]:
-        for window in story_windows(key, len(captions), self.window_frames, self.min_context, self.seed, epoch):
+    def samples(self, key: str, captions: Sequence[str], frames: Sequence[bytes], pass_index: int = 0) -> Iterator[dict]:
+        for window in story_windows(key, len(captions), self.window_frames, self.min_context, self.seed, pass_index):
             tokens = self.layout.build([captions[i] for i in window.frames])
             if len(tokens) > self.max_length:
                 self.dropped_too_long += 1

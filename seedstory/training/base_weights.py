@@ -1,35 +1,57 @@
 """The frozen "pretrained" parts every stage starts from, as one folder on object storage.
 
 The paper preset's bases are released checkpoints a user points ``model.*.weights`` at. The
-tiny preset has none, so ``write_tiny_base`` makes them once, seeded: a byte-level tokenizer
-trained on toy-world captions, a random ViT, LLM, VAE and initial UNet, each saved in its
-ecosystem's format. ``with_base_weights`` then points a config at that folder, so all three
-stages load the very same frozen ViT and VAE.
+tiny preset has none, so it makes them: a byte-level tokenizer trained on toy-world captions,
+a ViT and a VAE pretrained on toy-world frames (``seedstory.training.bases``; the ViT with its
+text tower, kept as this world's CLIP), and a random LLM and initial UNet, which the stages
+train. ``write_tiny_base`` writes such a folder, from pretrained parts or, for tests that need
+only shapes, random ones; ``base.json`` goes last, so its presence means the folder is complete.
+``with_base_weights`` then points a config at that folder, so all stages load the very same
+frozen ViT and VAE.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
+from transformers import PreTrainedTokenizerBase
 
 from seedstory import storage
 from seedstory.config import SeedStoryConfig
+from seedstory.config.model import ModelConfig
 from seedstory.data.toyworld.generate import toy_story
 from seedstory.models.detokenizer import build_unet, build_vae
+from seedstory.models.dual_encoder import TEXT_ENCODER, TOKENIZER, VIT_FILE, TextEncoder, export_text_encoder
 from seedstory.models.export import export_llm, export_vae, export_vit
 from seedstory.models.mllm import build_llm
-from seedstory.models.vit import build_vit
+from seedstory.models.vit import VisionTransformer, build_vit
 from seedstory.tokenizer import INST, build_tiny_tokenizer
 
 MANIFEST = "base.json"
-PARTS = {"vit": "vit.safetensors", "llm": "llm", "tokenizer": "tokenizer", "vae": "vae", "unet": "unet"}
+PARTS = {"vit": VIT_FILE, "llm": "llm", "tokenizer": TOKENIZER, "vae": "vae", "unet": "unet",
+         "text_encoder": TEXT_ENCODER}
+SHAPES = {"image_tokens", "sd_image_size", "vit", "llm", "vae", "unet", "text_tower"}
 
 
 class BaseWeightsError(RuntimeError):
     """The base-weights folder a config names is missing or was made for other shapes."""
+
+
+@dataclass
+class PretrainedBases:
+    """The parts ``seedstory.training.bases`` trained, what they scored and which runs made them."""
+
+    tokenizer: PreTrainedTokenizerBase
+    vit: VisionTransformer
+    text_encoder: TextEncoder
+    vae: AutoencoderKL
+    evaluation: dict[str, float] = field(default_factory=dict)
+    runs: dict[str, str] = field(default_factory=dict)
 
 
 def read_manifest(uri: str) -> dict | None:
@@ -37,43 +59,79 @@ def read_manifest(uri: str) -> dict | None:
     return json.loads(fs.cat_file(path)) if fs.exists(path) else None
 
 
-def write_tiny_base(config: SeedStoryConfig, uri: str, seed: int = 0, overwrite: bool = False) -> dict:
-    """Write the base parts under ``uri`` unless a manifest for the same shapes is already there."""
+def remove_manifest(uri: str) -> None:
+    """Mark the folder incomplete before its parts are replaced."""
+    fs, path = storage.filesystem_for(storage.join(uri, MANIFEST))
+    if fs.exists(path):
+        fs.rm_file(path)
+
+
+def tiny_model(config: SeedStoryConfig) -> ModelConfig:
+    """The tiny model config with every weight location unset (the base folder is where they will be)."""
     if config.model.preset != "tiny":
         raise BaseWeightsError(f"the {config.model.preset!r} preset's base weights are released checkpoints: "
                                "point model.*.weights and model.llm.tokenizer at them instead")
-    model = config.model.model_copy(update={"vit": config.model.vit.model_copy(update={"weights": None}),
-                                            "llm": config.model.llm.model_copy(update={"weights": None}),
-                                            "unet": config.model.unet.model_copy(update={"weights": None}),
-                                            "vae": config.model.vae.model_copy(update={"weights": None})})
-    shapes = model.model_dump(mode="json", include={"image_tokens", "sd_image_size", "vit", "llm", "vae", "unet"})
+    model = config.model
+    return model.model_copy(update={part: getattr(model, part).model_copy(update={"weights": None})
+                                    for part in ("vit", "llm", "unet", "vae")})
+
+
+def base_shapes(config: SeedStoryConfig) -> dict:
+    return tiny_model(config).model_dump(mode="json", include=SHAPES)
+
+
+def tiny_tokenizer(config: SeedStoryConfig) -> PreTrainedTokenizerBase:
+    """A byte-level BPE trained on the toy world's captions (all splits: the world's language, not its stories)."""
+    captions = [c for index in range(config.data.toy.stories) for c in toy_story(config.data.toy, index).record.captions]
+    return build_tiny_tokenizer([*captions, INST], config.model.llm.vocab_size, config.model.image_tokens)
+
+
+def write_tiny_base(config: SeedStoryConfig, uri: str, seed: int = 0, overwrite: bool = False,
+                    pretrained: PretrainedBases | None = None) -> dict:
+    """Write the base parts under ``uri`` unless a manifest for the same shapes is already there.
+
+    Without ``pretrained``, every part is random (seeded): the shapes-only fast path for tests.
+    """
+    model, shapes = tiny_model(config), base_shapes(config)
     existing = read_manifest(uri)
     if existing is not None and not overwrite:
         if existing["model"] != shapes:
             raise BaseWeightsError(f"{uri} holds base weights for other model shapes; choose another "
                                    "train.base_weights or pass --overwrite")
         return existing
-    captions = [c for index in range(config.data.toy.stories) for c in toy_story(config.data.toy, index).record.captions]
-    tokenizer = build_tiny_tokenizer([*captions, INST], model.llm.vocab_size, model.image_tokens)
     torch.manual_seed(seed)
+    tokenizer = pretrained.tokenizer if pretrained else tiny_tokenizer(config)
     with tempfile.TemporaryDirectory(prefix="seedstory-base-") as staging:
         folder = Path(staging)
-        export_vit(build_vit(model), str(folder / PARTS["vit"]))
+        export_vit(pretrained.vit if pretrained else build_vit(model), str(folder / PARTS["vit"]))
         export_llm(build_llm(model, vocab_size=len(tokenizer)), str(folder / PARTS["llm"]))
         tokenizer.save_pretrained(folder / PARTS["tokenizer"])
-        export_vae(build_vae(model), str(folder / PARTS["vae"]))
+        export_vae(pretrained.vae if pretrained else build_vae(model), str(folder / PARTS["vae"]))
         build_unet(model).save_pretrained(folder / PARTS["unet"])
+        parts = dict(PARTS)
+        if model.text_tower is not None:
+            text = pretrained.text_encoder if pretrained else TextEncoder(model, len(tokenizer))
+            export_text_encoder(text, model, str(folder / PARTS["text_encoder"]))
+        else:
+            del parts["text_encoder"]
         manifest = {"model": shapes, "seed": seed, "vocab_size": len(tokenizer),
-                    "parts": {name: storage.join(uri, part) for name, part in PARTS.items()}}
+                    "parts": {name: storage.join(uri, part) for name, part in parts.items()}}
+        if pretrained:
+            manifest["pretrained"] = {"evaluation": pretrained.evaluation, "runs": pretrained.runs}
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        fs, remote = storage.filesystem_for(uri)
-        for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
-            target = f"{remote}/{file.relative_to(folder).as_posix()}"
-            if not storage.is_remote(uri):
-                fs.makedirs(fs._parent(target), exist_ok=True)
-            fs.put_file(str(file), target)
-        fs.put_file(str(folder / MANIFEST), f"{remote}/{MANIFEST}")  # last: its presence means complete
+        remove_manifest(uri)
+        _upload(folder, uri, last=MANIFEST)  # base.json last: its presence means complete
     return manifest
+
+
+def _upload(folder: Path, uri: str, last: str | None = None) -> None:
+    fs, remote = storage.filesystem_for(uri)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != last)
+    for file in [*files, *([folder / last] if last else [])]:
+        target = f"{remote}/{file.relative_to(folder).as_posix()}"
+        if not storage.is_remote(uri):
+            fs.makedirs(fs._parent(target), exist_ok=True)
+        fs.put_file(str(file), target)
 
 
 def with_base_weights(config: SeedStoryConfig) -> SeedStoryConfig:
@@ -86,8 +144,9 @@ def with_base_weights(config: SeedStoryConfig) -> SeedStoryConfig:
                                f"`python jobs/init_base_weights.py --config <same config>` first")
     resolved = config.model_copy(deep=True)
     model = resolved.model
-    for section, field, part in (("vit", "weights", "vit"), ("llm", "weights", "llm"), ("llm", "tokenizer", "tokenizer"),
-                                 ("vae", "weights", "vae"), ("unet", "weights", "unet")):
-        if getattr(getattr(model, section), field) is None:
-            setattr(getattr(model, section), field, storage.join(base, PARTS[part]))
+    for section, field_name, part in (("vit", "weights", "vit"), ("llm", "weights", "llm"),
+                                      ("llm", "tokenizer", "tokenizer"), ("vae", "weights", "vae"),
+                                      ("unet", "weights", "unet")):
+        if getattr(getattr(model, section), field_name) is None:
+            setattr(getattr(model, section), field_name, storage.join(base, PARTS[part]))
     return resolved

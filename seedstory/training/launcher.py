@@ -1,11 +1,16 @@
-"""A stage as a Ray Train TorchTrainer: workers, run storage in object storage, failures, retention."""
+"""A stage as a Ray Train TorchTrainer: workers, datasets, run storage in object storage, failures, retention.
+
+The "train" dataset is split across the workers (a streaming split); the "val" dataset is not:
+every worker reads all of it and evaluates its own share (``seedstory.training.loop.validate``),
+which keeps the val samples and their order the same at every evaluation.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
 import ray.data
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from seedstory.config import SeedStoryConfig
@@ -17,9 +22,18 @@ def runs_uri(config: SeedStoryConfig) -> str:
     return config.storage.uri("runs")
 
 
-def build_trainer(config: SeedStoryConfig, spec: LoopSpec, run_name: str, dataset: ray.data.Dataset) -> TorchTrainer:
-    """Re-submitting with the same ``run_name`` resumes from the run's latest checkpoint (Train V2)."""
+def build_trainer(config: SeedStoryConfig, spec: LoopSpec, run_name: str, dataset: ray.data.Dataset,
+                  val: ray.data.Dataset | None = None) -> TorchTrainer:
+    """Re-submitting with the same ``run_name`` resumes from the run's latest checkpoint (Train V2).
+
+    ``val`` is required when ``train.<stage>.val_every`` is set, and refused when it is not.
+    """
     stage = getattr(config.train, spec.stage)
+    if stage.val_every is not None and val is None:
+        raise ValueError(f"train.{spec.stage}.val_every is set but no val dataset was given "
+                         "(seedstory.data.pipeline.validation_set); set it to null to train without validation")
+    if stage.val_every is None and val is not None:
+        raise ValueError(f"a val dataset was given but train.{spec.stage}.val_every is null: set an interval")
     resources = {"CPU": stage.cpus_per_worker, **({"GPU": 1} if stage.use_gpu else {})}
     filesystem, path = arrow_filesystem_for(runs_uri(config))
     return TorchTrainer(
@@ -32,6 +46,7 @@ def build_trainer(config: SeedStoryConfig, spec: LoopSpec, run_name: str, datase
             failure_config=FailureConfig(max_failures=stage.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=stage.keep_checkpoints),
         ),
-        datasets={"train": dataset},
+        datasets={"train": dataset, **({"val": val} if val is not None else {})},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
         torch_config=TorchConfig(backend="nccl" if stage.use_gpu else "gloo"),
     )

@@ -2,12 +2,23 @@
 
 Step = one optimizer step (``grad_accum_steps`` micro-batches on every worker). Rank 0 logs
 progress and sends metrics to the stage's MLflow run; every rank takes part in checkpoints.
+An epoch is one read of the training shard (a stage's shard holds all the passes ``max_steps``
+needs: see ``seedstory.data.pipeline``), in batches from a local shuffle buffer seeded by
+(seed, epoch, rank); a resumed run reads the same stream again and skips what it had consumed.
+
+Validation (``val_every``) runs in eval mode without gradients on the "val" dataset, which is
+not split: every worker reads all of it and evaluates every ``world``-th sample, so every rank
+runs the same number of forwards (ZeRO-3 gathers parameters collectively). Each evaluation
+draws its random numbers (diffusion noise, timesteps) from one fixed seed and restores the
+training random state afterwards, so val losses are comparable across evaluations.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +29,12 @@ import torch
 import torch.distributed as dist
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from ray.data import DataIterator
+from ray.data.collate_fn import NumpyBatchCollateFn
+from torch import nn
 
 from seedstory.config import SeedStoryConfig
+from seedstory.data.pipeline import worker_batches
 from seedstory.training import checkpoints
 from seedstory.training.deepspeed_engine import compute_dtype, initialize
 from seedstory.training.progress import StepClock
@@ -57,6 +72,44 @@ def _mean_across_ranks(terms: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(names, values.tolist()))
 
 
+@contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the block; every submodule gets back its own mode (frozen parts stay in eval)."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
+def validate(engine: nn.Module, val: DataIterator, collate: NumpyBatchCollateFn, batch_size: int,
+             max_batches: int | None, seed: int, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """``val/<term>``: each loss term's mean over the val samples (at most ``max_batches`` per worker)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    totals: dict[str, torch.Tensor] = {}
+    samples = 0
+    with _evaluating(engine), torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for index, batch in enumerate(val.iter_batches(batch_size=batch_size * world, batch_format="numpy")):
+            if max_batches is not None and index >= max_batches:
+                break
+            usable = len(next(iter(batch.values()))) // world * world
+            if usable == 0:
+                continue
+            terms = engine(_to_device(collate({k: v[rank:usable:world] for k, v in batch.items()}), device, dtype))
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0) + value.detach().float().reshape(()) * (usable // world)
+            samples += usable // world
+    if samples == 0:
+        raise RuntimeError(f"the val data holds fewer samples than workers ({world}): nothing to evaluate")
+    names = sorted(totals)
+    sums = torch.stack([totals[name] for name in names] + [torch.tensor(float(samples), device=device)])
+    dist.all_reduce(sums)
+    return {f"val/{name}": float(value / sums[-1]) for name, value in zip(names, sums[:-1])}
+
+
 class RankZeroMetrics:
     def __init__(self, spec: LoopSpec) -> None:
         self.client = MlflowClient(spec.mlflow_tracking_uri) if spec.mlflow_run_id else None
@@ -90,6 +143,7 @@ def train_worker(spec_dict: dict[str, Any]) -> None:
                   f"batch {state.batches_in_epoch})", flush=True)
 
     shard = ray.train.get_dataset_shard("train")
+    val = ray.train.get_dataset_shard("val") if stage.val_every else None
     collate = recipe.collate()
     metrics_sink = RankZeroMetrics(spec) if rank == 0 else None
     clock = StepClock(total_steps=stage.max_steps, start_step=state.step)
@@ -97,7 +151,7 @@ def train_worker(spec_dict: dict[str, Any]) -> None:
 
     last_step = min(stage.max_steps, stage.stop_at_step or stage.max_steps)
     while state.step < last_step:
-        batches = shard.iter_torch_batches(batch_size=stage.micro_batch_size, collate_fn=collate, drop_last=True)
+        batches = worker_batches(shard, config.data, stage.micro_batch_size, collate, state.epoch, rank)
         delivered = 0
         for index, batch in enumerate(batches):
             delivered += 1
@@ -125,6 +179,15 @@ def train_worker(spec_dict: dict[str, Any]) -> None:
                 metrics_sink.log(metrics, state.step)
                 if state.step % spec.log_every == 0 or state.step == stage.max_steps:
                     print(clock.line(state.step, losses["loss"], metrics), flush=True)
+            if val is not None and (state.step % stage.val_every == 0 or state.step == stage.max_steps):
+                scores = validate(engine, val, collate, stage.micro_batch_size, stage.val_batches, config.data.seed,
+                                  device, dtype)
+                if metrics_sink is not None:
+                    metrics_sink.log(scores, state.step)
+                    print(f"step {state.step}/{stage.max_steps} | val " + " | ".join(
+                        f"{name.removeprefix('val/')} {value:.4f}" for name, value in scores.items()), flush=True)
+                # a fresh interval: evaluation time is neither waiting for data nor training
+                clock = StepClock(total_steps=stage.max_steps, start_step=clock.start_step, started=clock.started)
             if state.step % stage.checkpoint_every == 0 or state.step == last_step:
                 checkpoints.save(engine, state, metrics)
             if state.step >= last_step:

@@ -2,8 +2,9 @@
 
 ``start_stage`` resolves what the stage starts from (lineage), checks it before any worker
 starts and opens the MLflow run (params = the resolved config, tags = provenance + lineage);
-``StageRun.fit`` runs the shared loop on Ray Train with that run's id, ``register`` turns the
-export into a model version with the ``candidate`` alias.
+``StageRun.validation_set`` prepares the val split the loop evaluates on (or says validation is
+off), ``StageRun.fit`` runs the shared loop on Ray Train with that run's id, ``register`` turns
+the export into a model version with the ``candidate`` alias.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from seedstory import storage
 from seedstory.config import SeedStoryConfig
 from seedstory.config.train import StageConfig
-from seedstory.data.pipeline import DataReport
+from seedstory.data.pipeline import DataReport, validation_set
 from seedstory.models.export import MANIFEST
 from seedstory.training.base_weights import with_base_weights
 from seedstory.training.launcher import build_trainer, runs_uri
@@ -83,16 +84,28 @@ class StageRun:
         """What the stage's samples are cut with (stage 3: its MLLM's own tokenizer)."""
         return self.recipe.tokenizer(self.config, self.source_uris)
 
-    def log_data(self, report: DataReport) -> None:
-        mlflow.log_metrics(report.metrics())
-        self.lines.append(f"data:            {report.log()}")
+    def log_data(self, report: DataReport, prefix: str = "data") -> None:
+        mlflow.log_metrics(report.metrics(prefix))
+        self.lines.append(f"{prefix + ':':<17}{report.log()}")
 
-    def fit(self, dataset: ray.data.Dataset) -> Result:
+    def validation_set(self, tokenizer: PreTrainedTokenizerBase | None = None) -> ray.data.MaterializedDataset | None:
+        """The val split for ``fit`` (its data metrics logged as ``val_data/*``), or None, said aloud,
+        when ``train.<stage>.val_every`` is null."""
+        if self.settings.val_every is None:
+            notice = f"validation:      off (train.{self.stage}.val_every is null)"
+            print(notice, flush=True)
+            self.lines.append(notice)
+            return None
+        val, report = validation_set(self.stage, self.config, tokenizer)
+        self.log_data(report, "val_data")
+        return val
+
+    def fit(self, dataset: ray.data.Dataset, val: ray.data.Dataset | None = None) -> Result:
         spec = LoopSpec(stage=self.stage, recipe=RECIPES[self.stage], config=self.config.model_dump(mode="json"),
                         export_uri=self.export_uri, sources=self.source_uris,
                         mlflow_tracking_uri=self.client.tracking_uri, mlflow_run_id=self.run_id,
                         log_every=max(1, self.settings.max_steps // PROGRESS_LINES))
-        self.result = build_trainer(self.config, spec, self.name, dataset).fit()
+        self.result = build_trainer(self.config, spec, self.name, dataset, val).fit()
         if self.result.checkpoint is None:
             raise RuntimeError(f"{self.name}: training ended without a checkpoint")
         checkpoint = self.result.checkpoint.path

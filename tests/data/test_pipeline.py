@@ -1,94 +1,212 @@
 """Ray Data pipelines over the local stack: S3 -> stories -> stage samples -> 2 Ray Train workers."""
 
+import itertools
 import json
+from collections import Counter
 
+import numpy as np
 import pytest
 import ray
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from seedstory.config import load_config
 from seedstory.data.layout import IGNORE_INDEX
-from seedstory.data.pipeline import WindowCollate, stage_dataset
+from seedstory.data.pipeline import (WindowCollate, passes_for, samples_per_pass, stage_dataset, validation_set,
+                                     worker_batches)
+from seedstory.data.sources import StoryLine
 from seedstory.data.toyworld.generate import toy_story, write_toy_world
+from seedstory.data.windows import story_windows, window_count
 from seedstory.storage import write_bytes
 from seedstory.tokenizer import build_tiny_tokenizer, image_token_ids
 
 pytestmark = pytest.mark.stack
+
+STORIES = 10
 
 
 @pytest.fixture(scope="module")
 def toy(s3):
     uri = f"s3://{s3.bucket}/toy-pipeline"
     config = load_config("tiny", [
-        "data.toy.stories=10", "data.toy.min_frames=6", "data.toy.max_frames=14", "data.toy.val_fraction=0.0",
+        f"data.toy.stories={STORIES}", "data.toy.min_frames=6", "data.toy.max_frames=14", "data.toy.val_fraction=0.0",
         "data.toy.test_fraction=0.0", f"data.train_jsonl=[{uri}/train.jsonl]", f"data.image_root={uri}/images",
         "data.failure_budget=0.0", "data.preprocess_batch_size=2",
     ])
     summary = write_toy_world(config.data.toy, uri)
-    captions = [c for i in range(10) for c in toy_story(config.data.toy, i).record.captions]
+    captions = [c for i in range(STORIES) for c in toy_story(config.data.toy, i).record.captions]
     tokenizer = build_tiny_tokenizer([*captions, "[INST]"], config.model.llm.vocab_size, config.model.image_tokens)
     return config, summary, tokenizer
 
 
+def _frames(config) -> dict[int, int]:
+    return {i: len(toy_story(config.data.toy, i).record.images) for i in range(STORIES)}
+
+
+def _with_jsonl(config, s3, name: str, split: str, lines: list[str]):
+    uri = f"s3://{s3.bucket}/toy-pipeline-{name}.jsonl"
+    write_bytes(uri, "\n".join(lines).encode())
+    config = config.model_copy(deep=True)
+    setattr(config.data, f"{split}_jsonl", [uri])
+    return config
+
+
+def _ids(batch: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return {name: torch.as_tensor(np.asarray(batch[name]).astype(np.int64)) for name in names}
+
+
+class WindowsWithIds(WindowCollate):
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {**super().__call__(batch), **_ids(batch, ("key", "pass", "start"))}
+
+
+class FrameIds(NumpyBatchCollateFn):
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return _ids(batch, ("key", "frame", "pass"))
+
+
 def _consume(train_config: dict) -> None:
-    shard = ray.train.get_dataset_shard("train")
-    seen = []
-    for batch in shard.iter_torch_batches(batch_size=2, collate_fn=train_config["collate"]):
+    """Stage-2 windows as they come, then stage-1 frames as the training loop draws them."""
+    seen = {"windows": [], "frames": []}
+    for batch in ray.train.get_dataset_shard("windows").iter_torch_batches(batch_size=2,
+                                                                            collate_fn=train_config["collate"]):
         assert batch["input_ids"].shape == batch["labels"].shape == batch["image_mask"].shape
         assert batch["vit_pixels"].shape[0] == int(batch["num_images"].sum())
         assert int(batch["image_mask"].sum()) == int(batch["num_images"].sum()) * train_config["image_tokens"]
         assert bool((batch["labels"] != IGNORE_INDEX).any(dim=1).all())
-        seen.append(int(batch["input_ids"].shape[0]))
+        seen["windows"] += zip(*(batch[name].tolist() for name in ("key", "pass", "start", "num_images")))
     rank = ray.train.get_context().get_world_rank()
+    for batch in worker_batches(ray.train.get_dataset_shard("frames"), train_config["data"], 4, FrameIds(), 0, rank):
+        seen["frames"].append(list(zip(*(batch[name].tolist() for name in ("key", "frame", "pass")))))
     with open(f"{train_config['out']}/rank{rank}.json", "w") as f:
         json.dump(seen, f)
 
 
-def test_two_train_workers_consume_stage2_windows_streamed_from_s3(toy, ray_cluster, tmp_path):
-    config, summary, tokenizer = toy
-    dataset, report = stage_dataset("story_instruct", config, "train", tokenizer=tokenizer, epochs=2)
+@pytest.fixture(scope="module")
+def consumed(toy, ray_cluster, s3, tmp_path_factory):
+    """Two passes of stage-2 windows and of stage-1 frames, read by 2 Ray Train workers."""
+    config, _, tokenizer = toy
+    frames = _frames(config)
+    # frames per pass divisible by 2 workers x 4 per batch: the equal split and drop_last drop nothing
+    chosen = next(c for size in (10, 9, 8) for c in itertools.combinations(range(STORIES), size)
+                  if sum(frames[i] for i in c) % 8 == 0)
+    frames_config = _with_jsonl(config, s3, "shuffle", "train",
+                                [toy_story(config.data.toy, i).record.to_line() for i in chosen])
+    windows, report = stage_dataset("story_instruct", config, "train", tokenizer=tokenizer, passes=2)
+    frame_samples, _ = stage_dataset("detokenizer_pretrain", frames_config, "train", passes=2)
+    out = tmp_path_factory.mktemp("consumed")
     trainer = TorchTrainer(
         _consume,
-        train_loop_config={"collate": WindowCollate(image_token_ids(tokenizer, 16).pad), "out": str(tmp_path),
-                           "image_tokens": config.model.image_tokens},
+        train_loop_config={"collate": WindowsWithIds(image_token_ids(tokenizer, 16).pad), "out": str(out),
+                           "image_tokens": config.model.image_tokens, "data": frames_config.data},
         scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 0.5}),
-        run_config=RunConfig(name="data-pipeline-test", storage_path=str(tmp_path / "runs")),
-        datasets={"train": dataset},
+        run_config=RunConfig(name="data-pipeline-test", storage_path=str(out / "runs")),
+        datasets={"windows": windows, "frames": frame_samples},
     )
     trainer.fit()
-    per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    expected = sum(len(range(0, len(toy_story(config.data.toy, i).record.images), 10)) for i in range(10)) * 2
-    assert all(per_rank) and sum(map(sum, per_rank)) == expected
+    per_rank = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return per_rank, chosen, report
+
+
+def test_stage2_windows_are_fresh_every_pass_and_start_at_any_frame(toy, consumed):
+    config, _, _ = toy
+    per_rank, _, report = consumed
+    assert all(rank["windows"] for rank in per_rank)
+    seen = [tuple(row) for rank in per_rank for row in rank["windows"]]
+    frames = _frames(config)
+    per_pass = sum(window_count(n, 10, 1) for n in frames.values())
+    assert len(seen) >= 2 * per_pass - 1  # an equal split may drop one
+    for (key, pass_index), rows in itertools.groupby(sorted(seen), key=lambda row: row[:2]):
+        drawn = Counter((w.start, w.length) for w in story_windows(str(key), frames[key], 10, 1, 0, pass_index))
+        assert not Counter((start, length) for _, _, start, length in rows) - drawn, (key, pass_index)
+    windows = [{(key, start, length) for key, p, start, length in seen if p == pass_index} for pass_index in (0, 1)]
+    assert windows[0] != windows[1]
+    assert any(start % 10 for _, _, start, _ in seen)
     metrics = report.metrics()
-    assert metrics["data/stories"] == 10 and metrics["data/bad_total"] == 0 and metrics["data/windows_too_long"] == 0
+    assert metrics["data/stories"] == STORIES and metrics["data/bad_total"] == 0
+    assert metrics["data/windows_too_long"] == 0
+
+
+def test_stage1_batches_mix_stories_in_a_new_order_every_pass_each_frame_once(toy, consumed):
+    config, _, _ = toy
+    per_rank, chosen, _ = consumed
+    frames = _frames(config)
+    everything = Counter((key, frame) for key in chosen for frame in range(frames[key]))
+    for pass_index in (0, 1):
+        seen = Counter((key, frame) for rank in per_rank for batch in rank["frames"] for key, frame, p in batch
+                       if p == pass_index)
+        assert seen == everything, pass_index
+    for batches in (rank["frames"] for rank in per_rank):
+        order = [[(key, frame) for batch in batches for key, frame, p in batch if p == pass_index]
+                 for pass_index in (0, 1)]
+        assert order[0] != order[1]
+        for batch in batches:
+            keys, frame_ids = {key for key, _, _ in batch}, [frame for _, frame, _ in batch]
+            assert len(keys) > 1 or frame_ids != list(range(frame_ids[0], frame_ids[0] + 4)), batch
+        assert np.mean([len({key for key, _, _ in batch}) for batch in batches]) >= 2
 
 
 def test_stage1_and_stage3_samples_have_model_shapes(toy, ray_cluster):
     config, summary, tokenizer = toy
-    frames, _ = stage_dataset("detokenizer_pretrain", config, "train")
+    frames, _ = stage_dataset("detokenizer_pretrain", config, "train", passes=1)
     rows = frames.take_all()
     assert len(rows) == summary["frames"]
     assert rows[0]["vit_pixels"].shape == (3, 56, 56) and rows[0]["sd_pixels"].shape == (3, 64, 64)
     assert rows[0]["add_time_ids"].tolist() == [64, 64, 0, 0, 64, 64]
-    windows, _ = stage_dataset("detokenizer_adapt", config, "train", tokenizer=tokenizer)
+    windows, _ = stage_dataset("detokenizer_adapt", config, "train", tokenizer=tokenizer, passes=1)
     batch = next(iter(windows.iter_torch_batches(batch_size=3, collate_fn=WindowCollate(0))))
     assert batch["sd_pixels"].shape == (3, 3, 64, 64) and batch["add_time_ids"].shape == (3, 6)
     assert batch["vit_pixels"].dtype == torch.float32
 
 
+def test_the_training_stream_holds_enough_passes_for_max_steps(toy):
+    config, summary, tokenizer = toy
+    lines = [StoryLine("train.jsonl", i + 1, toy_story(config.data.toy, i).record.to_line()) for i in range(STORIES)]
+    lines.append(StoryLine("train.jsonl", STORIES + 1, "{broken"))
+    frames = _frames(config)
+    assert samples_per_pass("detokenizer_pretrain", lines, config.data) == summary["frames"]
+    windows = sum(window_count(n, 10, 1) for n in frames.values())
+    assert samples_per_pass("story_instruct", lines, config.data) == windows
+    s = config.train.detokenizer_pretrain
+    needed = s.max_steps * s.grad_accum_steps * s.micro_batch_size * s.num_workers
+    passes = passes_for("detokenizer_pretrain", config, summary["frames"])
+    assert (passes - 1) * summary["frames"] >= needed > (passes - 2) * summary["frames"]  # one spare pass
+    with pytest.raises(ValueError, match="yields no story_instruct sample"):
+        passes_for("story_instruct", config, 0)
+
+
+def test_the_val_split_is_the_same_samples_in_the_same_order_every_time(toy, ray_cluster, s3):
+    config, _, tokenizer = toy
+    config = _with_jsonl(config, s3, "val", "val", [toy_story(config.data.toy, i).record.to_line() for i in (3, 1, 4)])
+    settings = config.train.story_instruct
+    whole, report = validation_set("story_instruct", config, tokenizer)
+    rows = [(r["key"], r["pass"], r["start"], r["num_images"]) for r in whole.take_all()]
+    assert [key for key, *_ in rows] == sorted((key for key, *_ in rows), key=["3", "1", "4"].index)
+    assert {p for _, p, _, _ in rows} == {0} and report.metrics("val_data")["val_data/stories"] == 3
+    settings.val_batches, settings.micro_batch_size = 1, 1
+    first, _ = validation_set("story_instruct", config, tokenizer)
+    assert [(r["key"], r["pass"], r["start"], r["num_images"]) for r in first.take_all()] == \
+        rows[:settings.micro_batch_size * settings.num_workers]
+
+
+def test_an_empty_val_split_is_a_clear_error(toy, ray_cluster, s3):
+    config, _, tokenizer = toy
+    config = _with_jsonl(config, s3, "val-bad", "val", ["{broken", "{\"images\": []}"])
+    config.data.failure_budget = 1.0
+    with pytest.raises(ValueError, match=r"val split .* yields 0 detokenizer_pretrain samples.*val_every=null"):
+        validation_set("detokenizer_pretrain", config)
+
+
 def test_bad_records_past_the_budget_stop_the_pipeline_naming_them(toy, ray_cluster, s3):
     config, summary, tokenizer = toy
-    uri = f"s3://{s3.bucket}/toy-pipeline-bad/train.jsonl"
-    lines = [json.dumps(toy_story(config.data.toy, i).record.to_json()) for i in range(3)]
-    write_bytes(uri, "\n".join([lines[0], "{broken", lines[1], lines[2]]).encode())
-    broken = config.model_copy(deep=True)
-    broken.data.train_jsonl = [uri]
-    dataset, report = stage_dataset("detokenizer_pretrain", broken, "train")
-    with pytest.raises(Exception, match=r"exceed the failure budget.*train.jsonl:2 bad_json"):
+    lines = [toy_story(config.data.toy, i).record.to_line() for i in range(3)]
+    broken = _with_jsonl(config, s3, "bad", "train", [lines[0], "{broken", lines[1], lines[2]])
+    dataset, report = stage_dataset("detokenizer_pretrain", broken, "train", passes=1)
+    with pytest.raises(Exception, match=r"exceed the failure budget.*\.jsonl:2 bad_json"):
         dataset.materialize()
     broken.data.failure_budget = 0.25
-    dataset, report = stage_dataset("detokenizer_pretrain", broken, "train")
+    dataset, report = stage_dataset("detokenizer_pretrain", broken, "train", passes=1)
     assert dataset.count() == sum(len(toy_story(config.data.toy, i).record.images) for i in range(3))
     assert report.metrics()["data/bad_bad_json"] == 1 and "1 bad skipped (bad_json=1)" in report.log()

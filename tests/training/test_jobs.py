@@ -1,9 +1,10 @@
 """The three stage jobs end to end through `ray job submit` on the local stack (tiny preset, 2 workers).
 
 One chain per module: base weights and toy world written once, then stage 1 -> stage 2 -> stage 3,
-stage 3 starting from the other two by MLflow alias. Each job must register its model version;
-the exports must hold exactly the weights of the run's final DeepSpeed checkpoint, load with
-diffusers/peft/transformers, and beat the model the stage started from on the toy data.
+stage 3 starting from the other two by MLflow alias. Each job must register its model version and
+log its val losses; the exports must hold exactly the weights of the run's final DeepSpeed
+checkpoint, load with diffusers/peft/transformers, and beat the model the stage started from on
+the toy data.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ pytestmark = pytest.mark.stack
 RAY = str(Path(sys.executable).parent / "ray")
 STAGES = ("detokenizer_pretrain", "story_instruct", "detokenizer_adapt")
 STEPS = 8
+VAL_EVERY = 4
+VAL_TERMS = {"detokenizer_pretrain": {"val/loss", "val/diffusion_mse"},
+             "story_instruct": {"val/loss", "val/text_ce", "val/image_cosine"},
+             "detokenizer_adapt": {"val/loss", "val/diffusion_mse"}}
 
 
 @dataclass
@@ -64,14 +69,15 @@ def _overrides(bucket: str, tag: str) -> list[str]:
     names = {stage: f"test-{stage}-{tag}" for stage in STAGES}
     overrides = [
         f"storage.bucket={bucket}", "tracking.experiment=stage-jobs", f"train.base_weights=s3://{bucket}/base-{tag}",
-        "data.toy.stories=8", "data.toy.val_fraction=0.0", "data.toy.test_fraction=0.0", f"data.toy.uri={toy}",
-        f"data.train_jsonl=[{toy}/train.jsonl]", f"data.image_root={toy}/images",
+        "data.toy.stories=10", "data.toy.val_fraction=0.2", "data.toy.test_fraction=0.0", f"data.toy.uri={toy}",
+        f"data.train_jsonl=[{toy}/train.jsonl]", f"data.val_jsonl=[{toy}/val.jsonl]", f"data.image_root={toy}/images",
         f"train.detokenizer_adapt.sources.mllm=models:/{names['story_instruct']}@candidate",
         f"train.detokenizer_adapt.sources.detokenizer=models:/{names['detokenizer_pretrain']}@candidate",
     ]
     for stage in STAGES:
         overrides += [f"train.{stage}.max_steps={STEPS}", f"train.{stage}.checkpoint_every={STEPS}",
-                      f"train.{stage}.warmup_steps=2", f"train.{stage}.registered_model={names[stage]}"]
+                      f"train.{stage}.warmup_steps=2", f"train.{stage}.registered_model={names[stage]}",
+                      f"train.{stage}.val_every={VAL_EVERY}"]
     return overrides
 
 
@@ -154,7 +160,11 @@ def test_each_stage_job_registers_its_export_with_its_run(chain, stage):
     history = MlflowClient().get_metric_history(job.run.info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
     assert {"lr", "grad_norm", "samples_per_s", "data_wait_fraction", "data/stories"} <= set(job.run.data.metrics)
-    assert job.run.data.metrics["data/stories"] == 8
+    assert job.run.data.metrics["data/stories"] == 8 and job.run.data.metrics["val_data/stories"] == 2
+    assert VAL_TERMS[stage] <= set(job.run.data.metrics)
+    for term in VAL_TERMS[stage]:
+        history = MlflowClient().get_metric_history(job.run.info.run_id, term)
+        assert sorted(m.step for m in history) == [VAL_EVERY, STEPS], term
 
 
 def test_stage3_records_the_model_versions_it_started_from(chain):

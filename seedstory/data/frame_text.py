@@ -1,0 +1,92 @@
+"""Frames with their captions: the samples the tiny preset's bases (VAE, ViT + text tower) learn from.
+
+One sample per frame: ``vit_pixels`` (CLIP-normalised, ViT size), ``sd_pixels`` ([-1, 1], SD
+size), the caption's token ids cut or padded to ``model.text_tower.max_length`` with their
+``attention_mask``, and the caption and story key for evaluation. Decoding is the costly part
+and the bases train for many epochs on a small split, so the split is decoded once and
+materialised in the object store; the training loop re-reads it every epoch through its seeded
+local shuffle buffer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+from transformers import PreTrainedTokenizerBase
+
+from seedstory.config import SeedStoryConfig
+from seedstory.data.images import decode_image
+from seedstory.data.pipeline import DataReport, Split, pass_items, split_jsonl, story_dataset
+from seedstory.data.pixels import sd_target, vit_pixels
+from seedstory.data.sources import expand_jsonl, read_story_lines
+from seedstory.models.dual_encoder import require_text_tower
+
+COLUMNS = ("key", "frame", "caption", "vit_pixels", "sd_pixels", "input_ids", "attention_mask")
+
+
+def caption_ids(tokenizer: PreTrainedTokenizerBase, caption: str, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """[max_length] token ids (cut, then padded) and the mask of the real ones."""
+    ids = tokenizer.encode(caption)[:max_length]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    padded = np.full(max_length, pad, dtype=np.int64)
+    padded[:len(ids)] = ids
+    mask = np.zeros(max_length, dtype=np.int64)
+    mask[:len(ids)] = 1
+    return padded, mask
+
+
+class FrameTextSamples:
+    """Every frame of a batch of stories as one sample; with a ``seed``, the frames are interleaved at random
+    (a story's frames are near-duplicates of each other, poor negatives for one another in a batch)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, vit_size: int, sd_size: int,
+                 seed: int | None) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.vit_size, self.sd_size, self.seed = vit_size, sd_size, seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = []
+        for key, captions, frames in zip(batch["key"], batch["captions"], batch["frames"]):
+            for index, (caption, data) in enumerate(zip(captions, frames)):
+                image = decode_image(data)
+                ids, mask = caption_ids(self.tokenizer, str(caption), self.max_length)
+                rows.append({"key": str(key), "frame": index, "caption": str(caption),
+                             "vit_pixels": vit_pixels(image, self.vit_size),
+                             "sd_pixels": sd_target(image, self.sd_size)[0], "input_ids": ids, "attention_mask": mask})
+        if self.seed is not None:
+            order = np.random.default_rng([self.seed, *(int(p) for p in batch["pass"])]).permutation(len(rows))
+            rows = [rows[i] for i in order]
+        return {name: np.stack([row[name] for row in rows]) if rows else np.zeros((0,)) for name in COLUMNS}
+
+
+def frame_text_dataset(config: SeedStoryConfig, split: Split,
+                       tokenizer: PreTrainedTokenizerBase) -> tuple[ray.data.MaterializedDataset, DataReport]:
+    """Every frame of ``split`` once, materialised: ``train`` in a shuffled story order with frames interleaved,
+    ``val``/``test`` in file order."""
+    lines = list(read_story_lines(expand_jsonl(split_jsonl(config, split))))
+    shuffle = split == "train"
+    stories, report = story_dataset(lines, config.data.image_root, config,
+                                    pass_items(len(lines), 1, config.data.seed, shuffle))
+    data, model = config.data, config.model
+    samples = stories.map_batches(
+        FrameTextSamples, fn_constructor_kwargs={
+            "tokenizer": tokenizer, "max_length": require_text_tower(model).max_length,
+            "vit_size": model.vit.image_size, "sd_size": model.sd_image_size, "seed": data.seed if shuffle else None},
+        batch_size=data.preprocess_batch_size, num_cpus=data.actor_cpus,
+        compute=ray.data.ActorPoolStrategy(size=data.decode_concurrency),
+    )
+    if not shuffle:
+        samples.context.execution_options.preserve_order = True
+    return samples.materialize(), report
+
+
+class ColumnsCollate(NumpyBatchCollateFn):
+    """The named numeric columns of a numpy batch as tensors."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(np.asarray(batch[name])) for name in self.names}

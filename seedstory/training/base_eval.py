@@ -1,0 +1,55 @@
+"""How the tiny preset's pretrained bases are judged on the toy world, and the targets they must meet.
+
+- VAE round trip: each frame encoded (posterior mode) and decoded at SD size, then read back by the
+  toy world's ``Judge``: mean text-image coherence with the frame's own caption, target >= 0.98.
+- Dual encoder: caption -> frame retrieval among 64 candidates (the frame and 63 others that show
+  something else), top-1 target >= 0.90.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+
+from seedstory.data.toyworld.captions import parse_caption
+from seedstory.data.toyworld.judge import Judge
+from seedstory.models.dual_encoder import DualEncoder, retrieval_top1
+
+TARGETS = {"val/vae_coherence": 0.98, "val/retrieval_top1": 0.90}
+CANDIDATES = 64
+BATCH = 64
+
+
+@torch.no_grad()
+def vae_round_trip(vae: AutoencoderKL, sd_pixels: np.ndarray) -> list[Image.Image]:
+    """[N, 3, S, S] pixels in [-1, 1] -> the decoded pictures (the posterior's mode, no sampling)."""
+    images = []
+    for start in range(0, len(sd_pixels), BATCH):
+        decoded = vae(torch.from_numpy(sd_pixels[start:start + BATCH]).to(vae.dtype)).sample.float()
+        array = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        images += [Image.fromarray(frame) for frame in array]
+    return images
+
+
+def vae_coherence(vae: AutoencoderKL, sd_pixels: np.ndarray, captions: list[str]) -> float:
+    """Mean ``Judge`` coherence of each round-tripped frame with its own caption."""
+    judge = Judge(image_size=sd_pixels.shape[-1])
+    return float(np.mean([judge.coherence(image, caption)
+                          for image, caption in zip(vae_round_trip(vae, sd_pixels), captions)]))
+
+
+def caption_retrieval(model: DualEncoder, vit_pixels: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
+                      captions: list[str], seed: int = 0) -> tuple[float, int]:
+    """Top-1 caption -> frame retrieval among ``CANDIDATES`` frames, and the number of candidates used
+    (fewer when the split has fewer distinct frames); frames are told apart by the facts their captions state."""
+    shows = [frozenset(parse_caption(caption).as_set()) for caption in captions]
+    return retrieval_top1(model.eval(), torch.from_numpy(vit_pixels), torch.from_numpy(input_ids),
+                          torch.from_numpy(attention_mask), shows, CANDIDATES, seed)
+
+
+def verdicts(scores: dict[str, float]) -> list[str]:
+    """One PASS/MISS line per target that was measured."""
+    return [f"{'PASS' if scores[name] >= target else 'MISS'}  {name} = {scores[name]:.4f} (target >= {target})"
+            for name, target in TARGETS.items() if name in scores]

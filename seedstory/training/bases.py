@@ -1,0 +1,103 @@
+"""The tiny preset's pretrained bases: its equivalent of downloading Qwen-VL's ViT and SD-XL's VAE.
+
+``pretrain_bases`` decodes the toy world's train split once (frames + captions, Ray Data) and
+trains on it, each as a Ray Train stage with its own MLflow run and model version:
+``vae_pretrain`` (the VAE as an autoencoder) and ``clip_pretrain`` (the ViT as the image tower of
+a CLIP-style dual encoder). Each is scored on the val split (``base_eval``) in its run; then the
+base folder (``train.base_weights``) is written with both, a random LLM and initial UNet, the
+tokenizer, and the scores in ``base.json``, which goes last.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import ray.data
+from diffusers import AutoencoderKL
+
+from seedstory import storage
+from seedstory.config import SeedStoryConfig
+from seedstory.data.frame_text import frame_text_dataset
+from seedstory.models.detokenizer import build_vae
+from seedstory.models.dual_encoder import load_dual_encoder, save_tokenizer
+from seedstory.training.base_eval import caption_retrieval, vae_coherence, verdicts
+from seedstory.training.base_weights import (
+    PARTS, BaseWeightsError, PretrainedBases, base_shapes, read_manifest, remove_manifest, tiny_model, tiny_tokenizer,
+    write_tiny_base,
+)
+from seedstory.training.run import StageRun, start_stage
+
+STAGES = ("vae_pretrain", "clip_pretrain")
+
+
+def _columns(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:
+    batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+
+
+def _trained_vae(config: SeedStoryConfig, uri: str) -> AutoencoderKL:
+    model = tiny_model(config)
+    return build_vae(model.model_copy(update={"vae": model.vae.model_copy(update={"weights": uri})}))
+
+
+def _evaluate(run: StageRun, val: dict[str, np.ndarray], seed: int) -> dict[str, float]:
+    captions = [str(caption) for caption in val["caption"]]
+    if run.stage == "vae_pretrain":
+        return {"val/vae_coherence": vae_coherence(_trained_vae(run.config, run.export_uri), val["sd_pixels"], captions)}
+    dual, _ = load_dual_encoder(run.export_uri)
+    top1, candidates = caption_retrieval(dual, val["vit_pixels"], val["input_ids"], val["attention_mask"], captions,
+                                         seed)
+    return {"val/retrieval_top1": top1, "val/retrieval_candidates": float(candidates)}
+
+
+def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = False) -> dict | None:
+    """Train, score and write the bases; an existing pretrained folder for the same shapes is kept unless
+    ``overwrite``. None when a submission stopped before ``max_steps`` (``stop_at_step``): nothing written."""
+    uri = config.train.base_weights
+    if uri is None:
+        raise BaseWeightsError("train.base_weights is not set: where should the base weights go?")
+    existing = read_manifest(uri)
+    if existing is not None and "pretrained" in existing and not overwrite:
+        if existing["model"] != base_shapes(config):
+            raise BaseWeightsError(f"{uri} holds base weights for other model shapes; choose another "
+                                   "train.base_weights or pass --overwrite")
+        print(f"pretrained bases already at {uri} (--overwrite replaces them)")
+        return existing
+
+    tokenizer = tiny_tokenizer(config)
+    tokenizer_uri = storage.join(uri, PARTS["tokenizer"])
+    remove_manifest(uri)  # the folder is incomplete until the new base.json
+    save_tokenizer(tokenizer, tokenizer_uri)
+    stages = config.model_copy(deep=True)
+    stages.train.base_weights = None  # the stages make the bases instead of reading them
+    stages.train.clip_pretrain.sources = {"tokenizer": tokenizer_uri}
+    train, report = frame_text_dataset(stages, "train", tokenizer)
+    val = _columns(frame_text_dataset(stages, "val", tokenizer)[0])
+
+    scores: dict[str, float] = {}
+    exports: dict[str, str] = {}
+    runs: dict[str, str] = {}
+    for stage in STAGES:
+        with start_stage(stage, stages) as run:
+            mlflow.set_tag("seedstory.base_weights", uri)
+            run.fit(train)
+            run.log_data(report)
+            version = run.register()
+            if version is not None:
+                stage_scores = _evaluate(run, val, config.data.seed)
+                mlflow.log_metrics(stage_scores)
+                run.lines += verdicts(stage_scores)
+                scores.update(stage_scores)
+                exports[stage] = run.export_uri
+                runs[stage] = f"models:/{version.name}/{version.version}"
+        print(run.where_to_look(), flush=True)
+        if version is None:
+            print(f"{stage} stopped before max_steps: no base written to {uri}")
+            return None
+
+    dual, _ = load_dual_encoder(exports["clip_pretrain"])
+    vae = _trained_vae(config, exports["vae_pretrain"])
+    manifest = write_tiny_base(config, uri, seed, overwrite=True, pretrained=PretrainedBases(
+        tokenizer=tokenizer, vit=dual.vit, text_encoder=dual.text, vae=vae, evaluation=scores, runs=runs))
+    print("\n".join(["", f"base weights:    {uri}", *verdicts(scores)]))
+    return manifest

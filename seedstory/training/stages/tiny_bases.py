@@ -1,0 +1,101 @@
+"""The tiny preset's frozen bases, pretrained on toy-world frames: the VAE and the ViT.
+
+The paper's SD-XL VAE and Qwen-VL ViT arrive pretrained; the tiny preset trains its own once
+(``seedstory.training.bases`` runs both and writes the base folder), then every SEED-Story
+stage keeps them frozen.
+
+- ``VAEPretrain``: SD's VAE objective without its perceptual and adversarial terms: reconstruction
+  of a latent sampled from the posterior plus a small KL term (``model.loss.vae_kl``), both summed
+  per image. Squared rather than absolute error: once the flat backgrounds are right, the error
+  left is in the small characters, and squared error keeps their gradient large. Batches: ``sd_pixels``
+  [B, 3, S, S] in [-1, 1]. Export: a diffusers folder (what ``model.vae.weights`` reads).
+- ``ClipPretrain``: the ViT as the image tower of a CLIP-style dual encoder, its text tower over
+  the project tokenizer (``sources``: ``tokenizer``). Batches: ``vit_pixels``, ``input_ids``,
+  ``attention_mask``. Export: ``vit.safetensors`` (Qwen-VL names), ``text_encoder/``, ``tokenizer/``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+
+import torch
+from diffusers import AutoencoderKL
+from ray.data.collate_fn import NumpyBatchCollateFn
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from seedstory import storage
+from seedstory.config import SeedStoryConfig
+from seedstory.config.model import ModelConfig
+from seedstory.data.frame_text import ColumnsCollate
+from seedstory.models.detokenizer import build_vae
+from seedstory.models.dual_encoder import DualEncoder, TextEncoder, export_dual_encoder
+from seedstory.models.export import MANIFEST, export_vae
+from seedstory.models.vit import build_vit
+from seedstory.models.weights import load_tokenizer
+from seedstory.training.stages.base import SeedStoryStage
+
+
+def fresh(model: ModelConfig, *parts: str) -> ModelConfig:
+    """``model`` with the weights of ``parts`` unset: a base that is being pretrained starts random."""
+    return model.model_copy(update={part: getattr(model, part).model_copy(update={"weights": None}) for part in parts})
+
+
+def write_export_manifest(uri: str, component: str, model: ModelConfig) -> None:
+    """The ``seedstory.json`` that marks an export folder complete (registration checks for it)."""
+    manifest = {"component": component, "model": model.model_dump(mode="json")}
+    storage.write_bytes(storage.join(uri, MANIFEST), json.dumps(manifest, indent=2).encode())
+
+
+class VAEPretrainModel(nn.Module):
+    def __init__(self, vae: AutoencoderKL, kl_weight: float) -> None:
+        super().__init__()
+        self.vae = vae
+        self.kl_weight = kl_weight
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        pixels = batch["sd_pixels"]
+        posterior = self.vae.encode(pixels).latent_dist
+        reconstruction = self.vae.decode(posterior.sample()).sample
+        mse = (reconstruction.float() - pixels.float()).square().mean()
+        kl = posterior.kl().float().mean() / pixels[0].numel()  # per pixel value, like the squared error
+        return {"loss": mse + self.kl_weight * kl, "reconstruction_mse": mse, "kl": kl}
+
+
+class VAEPretrain(SeedStoryStage):
+    def build(self) -> nn.Module:
+        model = self.config.model
+        return VAEPretrainModel(build_vae(fresh(model, "vae")).train().requires_grad_(True), model.loss.vae_kl)
+
+    def collate(self) -> NumpyBatchCollateFn:
+        return ColumnsCollate(("sd_pixels",))
+
+    def export(self, model: nn.Module, uri: str) -> dict[str, str]:
+        export_vae(model.vae, uri)
+        write_export_manifest(uri, "vae", self.config.model)
+        return {"vae": uri}
+
+
+class ClipPretrain(SeedStoryStage):
+    SOURCES = ("tokenizer",)
+
+    @classmethod
+    def tokenizer(cls, config: SeedStoryConfig, sources: dict[str, str]) -> PreTrainedTokenizerBase:
+        return load_tokenizer(sources["tokenizer"], config.model.image_tokens)
+
+    @cached_property
+    def _tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.tokenizer(self.config, self.sources)
+
+    def build(self) -> nn.Module:
+        model = fresh(self.config.model, "vit")
+        return DualEncoder(build_vit(model).train(), TextEncoder(model, len(self._tokenizer))).requires_grad_(True)
+
+    def collate(self) -> NumpyBatchCollateFn:
+        return ColumnsCollate(("vit_pixels", "input_ids", "attention_mask"))
+
+    def export(self, model: nn.Module, uri: str) -> dict[str, str]:
+        export_dual_encoder(model, self.config.model, uri, self._tokenizer)
+        write_export_manifest(uri, "dual_encoder", self.config.model)
+        return {"dual_encoder": uri}

@@ -1,0 +1,73 @@
+"""The tiny bases' recipes in-process: the VAE learns to reconstruct toy frames, inputs and exports are checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seedstory.config import load_config
+from seedstory.data.images import decode_image, encode_image
+from seedstory.data.pixels import sd_target
+from seedstory.data.toyworld.generate import toy_story
+from seedstory.data.toyworld.render import render_frame
+from seedstory.models.detokenizer import build_vae
+from seedstory.models.export import MANIFEST
+from seedstory.training.base_eval import vae_coherence, verdicts
+from seedstory.training.stages.tiny_bases import ClipPretrain, VAEPretrain
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config("tiny", ["data.toy.stories=2"])
+
+
+@pytest.fixture(scope="module")
+def frames(config) -> tuple[np.ndarray, list[str]]:
+    story = toy_story(config.data.toy, 0)
+    images = [decode_image(encode_image(render_frame(s, config.data.toy.image_size), ".jpg")) for s in story.states]
+    return np.stack([sd_target(image, config.model.sd_image_size)[0] for image in images[:4]]), list(story.record.captions[:4])
+
+
+def test_the_vae_loss_falls_on_toy_frames(config, frames):
+    torch.manual_seed(0)
+    model = VAEPretrain(config, {}).build()
+    batch = {"sd_pixels": torch.from_numpy(frames[0])}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(8):
+        terms = model(batch)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        losses.append(float(terms["loss"].detach()))
+    assert set(terms) == {"loss", "reconstruction_mse", "kl"}
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_an_untrained_vae_fails_the_round_trip_target(config, frames):
+    torch.manual_seed(0)
+    score = vae_coherence(build_vae(config.model), *frames)
+    assert score < 0.5
+    assert verdicts({"val/vae_coherence": score})[0].startswith("MISS")
+
+
+def test_the_vae_export_is_a_diffusers_folder_marked_complete(config, tmp_path):
+    recipe = VAEPretrain(config, {})
+    recipe.export(recipe.build(), str(tmp_path / "vae"))
+    assert (tmp_path / "vae" / "config.json").is_file() and (tmp_path / "vae" / MANIFEST).is_file()
+    model = config.model.model_copy(update={"vae": config.model.vae.model_copy(update={"weights": str(tmp_path / "vae")})})
+    build_vae(model)
+
+
+def test_the_clip_stage_needs_the_tokenizer_it_trains_on(config):
+    with pytest.raises(ValueError, match=r"missing \['tokenizer'\]"):
+        ClipPretrain.check_inputs(config, {})
