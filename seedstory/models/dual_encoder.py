@@ -77,7 +77,7 @@ class TextEncoder(nn.Module):
         self.tower = TextTower(tower, vocab_size)
         self.text_projection = nn.Linear(tower.width, tower.embed_dim, bias=False)
         self.image_projection = nn.Linear(config.vit.output_dim, tower.embed_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))  # 1-D: DeepSpeed broadcasts no 0-D
 
 
 class DualEncoder(nn.Module):
@@ -106,7 +106,7 @@ class DualEncoder(nn.Module):
         contrastive = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
         top1 = (logits.argmax(dim=1) == targets).float().mean()
         return {"loss": contrastive, "contrastive": contrastive, "batch_top1": top1.detach(),
-                "logit_scale": self.text.logit_scale.detach().exp()}
+                "logit_scale": self.text.logit_scale.detach().exp().reshape(())}
 
 
 def require_text_tower(config: ModelConfig) -> TextTowerConfig:
