@@ -58,11 +58,11 @@ class TrainConfig(Section):
     )
     vae_pretrain: StageConfig = Field(
         default_factory=lambda: StageConfig(registered_model="seedstory-base-vae"),
-        description="the tiny preset's VAE base, pretrained as an autoencoder (jobs/init_base_weights.py)",
+        description="the tiny preset's VAE base, pretrained as an autoencoder (jobs/pretrain_bases.py)",
     )
     clip_pretrain: StageConfig = Field(
         default_factory=lambda: StageConfig(registered_model="seedstory-base-clip"),
-        description="the tiny preset's ViT base, pretrained with a text tower as a CLIP (jobs/init_base_weights.py)",
+        description="the tiny preset's ViT base, pretrained with a text tower as a CLIP (jobs/pretrain_bases.py)",
     )
     detokenizer_pretrain: StageConfig = Field(
         default_factory=lambda: StageConfig(registered_model="seedstory-detokenizer")
