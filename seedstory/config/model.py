@@ -202,6 +202,10 @@ class LossConfig(Section):
         1e-6, ge=0, description="weight of the KL term in VAE pretraining (reconstruction error + vae_kl * KL, "
         "both summed per image as SD's VAE weighs them)",
     )
+    vae_foreground: float = Field(
+        10.0, ge=0, description="VAE pretraining: extra weight of the squared error on pixels whose colour differs "
+        "from their image's median (small objects on flat backgrounds); 0: plain mean squared error",
+    )
 
 
 class ModelConfig(Section):
