@@ -54,11 +54,11 @@ SUBMIT := source $(STATE_DIR)/env.sh && $(BIN)/ray job submit --working-dir . \
 	--runtime-env-json '{"env_vars": {"SEEDSTORY_GIT_COMMIT": "$(shell git rev-parse HEAD 2>/dev/null)"}}' --
 
 DEMO_CONFIG ?= demo
-DEMO_JOBS := generate_toyworld init_base_weights detokenizer_pretrain story_instruct detokenizer_adapt
+DEMO_JOBS := generate_toyworld pretrain_bases detokenizer_pretrain story_instruct detokenizer_adapt
 
 DEMO_STORY ?= out/demo-story
 
-demo: stack-up  ## toy world, base weights, the three stages (each a `ray job submit`), then a story from them
+demo: stack-up  ## toy world, pretrained bases, the three stages (each a `ray job submit`), then a story from them
 	@for job in $(DEMO_JOBS); do \
 		echo "==> ray job submit ... python jobs/$$job.py --config $(DEMO_CONFIG) $(OVERRIDES)"; \
 		$(SUBMIT) python jobs/$$job.py --config $(DEMO_CONFIG) $(OVERRIDES) || exit 1; \

@@ -64,6 +64,10 @@ class TrainConfig(Section):
         default_factory=lambda: StageConfig(registered_model="seedstory-base-clip"),
         description="the tiny preset's ViT base, pretrained with a text tower as a CLIP (jobs/pretrain_bases.py)",
     )
+    llm_pretrain: StageConfig = Field(
+        default_factory=lambda: StageConfig(registered_model="seedstory-base-llm"),
+        description="the tiny preset's LLM base, pretrained on the toy world's stories as text (jobs/pretrain_bases.py)",
+    )
     detokenizer_pretrain: StageConfig = Field(
         default_factory=lambda: StageConfig(registered_model="seedstory-detokenizer")
     )

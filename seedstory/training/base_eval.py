@@ -4,6 +4,7 @@
   toy world's ``Judge``: mean text-image coherence with the frame's own caption, target >= 0.98.
 - Dual encoder: caption -> frame retrieval among 64 candidates (the frame and 63 others that show
   something else), top-1 target >= 0.90.
+- LLM: next-token loss and top-1 accuracy on the val stories as text (no target: stage 2 adapts it).
 """
 
 from __future__ import annotations
@@ -47,6 +48,20 @@ def caption_retrieval(model: DualEncoder, vit_pixels: np.ndarray, input_ids: np.
     shows = [frozenset(parse_caption(caption).as_set()) for caption in captions]
     return retrieval_top1(model.eval(), torch.from_numpy(vit_pixels), torch.from_numpy(input_ids),
                           torch.from_numpy(attention_mask), shows, CANDIDATES, seed)
+
+
+@torch.no_grad()
+def text_scores(llm: torch.nn.Module, texts: list[np.ndarray]) -> dict[str, float]:
+    """Mean next-token loss and top-1 accuracy over every token of ``texts`` (one story at a time: no padding)."""
+    losses, hits, tokens = 0.0, 0, 0
+    for ids in texts:
+        ids_t = torch.from_numpy(ids)[None]
+        logits = llm.eval()(input_ids=ids_t).logits[0, :-1].float()
+        targets = ids_t[0, 1:]
+        losses += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        hits += int((logits.argmax(-1) == targets).sum())
+        tokens += len(targets)
+    return {"val/llm_loss": losses / tokens, "val/llm_next_token_accuracy": hits / tokens}
 
 
 def verdicts(scores: dict[str, float]) -> list[str]:

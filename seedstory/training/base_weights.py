@@ -2,9 +2,9 @@
 
 The paper preset's bases are released checkpoints a user points ``model.*.weights`` at. The
 tiny preset has none, so it makes them: a byte-level tokenizer trained on toy-world captions,
-a ViT and a VAE pretrained on toy-world frames (``seedstory.training.bases``; the ViT with its
-text tower, kept as this world's CLIP), and a random LLM and initial UNet, which the stages
-train. ``write_tiny_base`` writes such a folder, from pretrained parts or, for tests that need
+a ViT and a VAE pretrained on toy-world frames and an LLM on its stories as text
+(``seedstory.training.bases``; the ViT with its text tower, kept as this world's CLIP), and an
+initial UNet, which the stages train. ``write_tiny_base`` writes such a folder, from pretrained parts or, for tests that need
 only shapes, random ones; ``base.json`` goes last, so its presence means the folder is complete.
 ``with_base_weights`` then points a config at that folder, so all stages load the very same
 frozen ViT and VAE.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from transformers import PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from seedstory import storage
 from seedstory.config import SeedStoryConfig
@@ -50,6 +50,7 @@ class PretrainedBases:
     vit: VisionTransformer
     text_encoder: TextEncoder
     vae: AutoencoderKL
+    llm: LlamaForCausalLM
     evaluation: dict[str, float] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
 
@@ -104,7 +105,7 @@ def write_tiny_base(config: SeedStoryConfig, uri: str, seed: int = 0, overwrite:
     with tempfile.TemporaryDirectory(prefix="seedstory-base-") as staging:
         folder = Path(staging)
         export_vit(pretrained.vit if pretrained else build_vit(model), str(folder / PARTS["vit"]))
-        export_llm(build_llm(model, vocab_size=len(tokenizer)), str(folder / PARTS["llm"]))
+        export_llm(pretrained.llm if pretrained else build_llm(model, vocab_size=len(tokenizer)), str(folder / PARTS["llm"]))
         tokenizer.save_pretrained(folder / PARTS["tokenizer"])
         export_vae(pretrained.vae if pretrained else build_vae(model), str(folder / PARTS["vae"]))
         build_unet(model).save_pretrained(folder / PARTS["unet"])

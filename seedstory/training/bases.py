@@ -1,11 +1,11 @@
-"""The tiny preset's pretrained bases: its equivalent of downloading Qwen-VL's ViT and SD-XL's VAE.
+"""The tiny preset's pretrained bases: its equivalent of downloading Qwen-VL and SD-XL's VAE.
 
 ``pretrain_bases`` decodes the toy world's train split once (frames + captions, Ray Data) and
 trains on it, each as a Ray Train stage with its own MLflow run and model version:
-``vae_pretrain`` (the VAE as an autoencoder) and ``clip_pretrain`` (the ViT as the image tower of
-a CLIP-style dual encoder). Each is scored on the val split (``base_eval``) in its run; then the
-base folder (``train.base_weights``) is written with both, a random LLM and initial UNet, the
-tokenizer, and the scores in ``base.json``, which goes last.
+``vae_pretrain`` (the VAE as an autoencoder), ``clip_pretrain`` (the ViT as the image tower of a
+CLIP-style dual encoder) and ``llm_pretrain`` (the LLM on the stories as text). Each is scored on
+the val split (``base_eval``) in its run; then the base folder (``train.base_weights``) is written
+with the three, an initial UNet, the tokenizer, and the scores in ``base.json``, which goes last.
 """
 
 from __future__ import annotations
@@ -14,20 +14,23 @@ import mlflow
 import numpy as np
 import ray.data
 from diffusers import AutoencoderKL
+from transformers import LlamaForCausalLM
 
 from seedstory import storage
 from seedstory.config import SeedStoryConfig
 from seedstory.data.frame_text import frame_text_dataset
+from seedstory.data.story_text import story_text_dataset, story_texts
 from seedstory.models.detokenizer import build_vae
 from seedstory.models.dual_encoder import load_dual_encoder, save_tokenizer
-from seedstory.training.base_eval import caption_retrieval, vae_coherence, verdicts
+from seedstory.models.mllm import build_llm
+from seedstory.training.base_eval import caption_retrieval, text_scores, vae_coherence, verdicts
 from seedstory.training.base_weights import (
     PARTS, BaseWeightsError, PretrainedBases, base_shapes, read_manifest, remove_manifest, tiny_model, tiny_tokenizer,
     write_tiny_base,
 )
 from seedstory.training.run import StageRun, start_stage
 
-STAGES = ("vae_pretrain", "clip_pretrain")
+STAGES = ("vae_pretrain", "clip_pretrain", "llm_pretrain")
 
 
 def _columns(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:
@@ -40,7 +43,15 @@ def _trained_vae(config: SeedStoryConfig, uri: str) -> AutoencoderKL:
     return build_vae(model.model_copy(update={"vae": model.vae.model_copy(update={"weights": uri})}))
 
 
-def _evaluate(run: StageRun, val: dict[str, np.ndarray], seed: int) -> dict[str, float]:
+def _trained_llm(config: SeedStoryConfig, uri: str, vocab_size: int) -> LlamaForCausalLM:
+    model = tiny_model(config)
+    return build_llm(model.model_copy(update={"llm": model.llm.model_copy(update={"weights": uri})}), vocab_size)
+
+
+def _evaluate(run: StageRun, val: dict[str, np.ndarray], val_texts: list[np.ndarray], vocab_size: int,
+              seed: int) -> dict[str, float]:
+    if run.stage == "llm_pretrain":
+        return text_scores(_trained_llm(run.config, run.export_uri, vocab_size), val_texts)
     captions = [str(caption) for caption in val["caption"]]
     if run.stage == "vae_pretrain":
         return {"val/vae_coherence": vae_coherence(_trained_vae(run.config, run.export_uri), val["sd_pixels"], captions)}
@@ -71,8 +82,11 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
     stages = config.model_copy(deep=True)
     stages.train.base_weights = None  # the stages make the bases instead of reading them
     stages.train.clip_pretrain.sources = {"tokenizer": tokenizer_uri}
-    train, report = frame_text_dataset(stages, "train", tokenizer)
+    stages.train.llm_pretrain.sources = {"tokenizer": tokenizer_uri}
+    frames, report = frame_text_dataset(stages, "train", tokenizer)
     val = _columns(frame_text_dataset(stages, "val", tokenizer)[0])
+    texts, bad_texts = story_texts(stages, "train", tokenizer)
+    val_texts, _ = story_texts(stages, "val", tokenizer)
 
     scores: dict[str, float] = {}
     exports: dict[str, str] = {}
@@ -80,11 +94,15 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
     for stage in STAGES:
         with start_stage(stage, stages) as run:
             mlflow.set_tag("seedstory.base_weights", uri)
-            run.fit(train)
-            run.log_data(report)
+            if stage == "llm_pretrain":
+                run.fit(story_text_dataset(texts, run.config))
+                mlflow.log_metrics({"data/stories": float(len(texts)), "data/bad_total": float(bad_texts)})
+            else:
+                run.fit(frames)
+                run.log_data(report)
             version = run.register()
             if version is not None:
-                stage_scores = _evaluate(run, val, config.data.seed)
+                stage_scores = _evaluate(run, val, val_texts, len(tokenizer), config.data.seed)
                 mlflow.log_metrics(stage_scores)
                 run.lines += verdicts(stage_scores)
                 scores.update(stage_scores)
@@ -97,7 +115,8 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
 
     dual, _ = load_dual_encoder(exports["clip_pretrain"])
     vae = _trained_vae(config, exports["vae_pretrain"])
+    llm = _trained_llm(config, exports["llm_pretrain"], len(tokenizer))
     manifest = write_tiny_base(config, uri, seed, overwrite=True, pretrained=PretrainedBases(
-        tokenizer=tokenizer, vit=dual.vit, text_encoder=dual.text, vae=vae, evaluation=scores, runs=runs))
+        tokenizer=tokenizer, vit=dual.vit, text_encoder=dual.text, vae=vae, llm=llm, evaluation=scores, runs=runs))
     print("\n".join(["", f"base weights:    {uri}", *verdicts(scores)]))
     return manifest

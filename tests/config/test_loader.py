@@ -1,6 +1,7 @@
 import pytest
 
 from seedstory.config import ConfigError, SeedStoryConfig, dump_config, load_config, preset_names
+from seedstory.data.toyworld.generate import split_of
 
 
 @pytest.mark.parametrize("preset", preset_names())
@@ -16,8 +17,17 @@ def test_model_presets_name_themselves():
 
 
 def test_shipped_presets():
-    assert set(preset_names()) == {"tiny", "paper", "demo"}
+    assert set(preset_names()) == {"tiny", "paper", "demo", "toy"}
     assert load_config("demo").train.story_instruct.max_steps < load_config("tiny").train.story_instruct.max_steps
+
+
+def test_the_toy_preset_holds_enough_unseen_stories_in_a_world_of_its_own():
+    toy, tiny = load_config("toy"), load_config("tiny")
+    assert toy.model == tiny.model
+    assert sum(split_of(toy.data.toy, index) == "test" for index in range(toy.data.toy.stories)) >= 32
+    assert all(uri.startswith(toy.data.toy.uri + "/") for uri in
+               [*toy.data.train_jsonl, *toy.data.val_jsonl, *toy.data.test_jsonl, toy.data.image_root])
+    assert toy.data.toy.uri != tiny.data.toy.uri and toy.train.base_weights != tiny.train.base_weights
 
 
 def test_paper_preset_has_design_shapes():

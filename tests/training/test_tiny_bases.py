@@ -13,8 +13,12 @@ from seedstory.data.toyworld.generate import toy_story
 from seedstory.data.toyworld.render import render_frame
 from seedstory.models.detokenizer import build_vae
 from seedstory.models.export import MANIFEST
-from seedstory.training.base_eval import vae_coherence, verdicts
-from seedstory.training.stages.tiny_bases import ClipPretrain, VAEPretrain
+from seedstory.data.story_text import story_text_ids
+from seedstory.models.dual_encoder import save_tokenizer
+from seedstory.models.mllm import build_llm
+from seedstory.training.base_eval import text_scores, vae_coherence, verdicts
+from seedstory.training.base_weights import tiny_tokenizer
+from seedstory.training.stages.tiny_bases import ClipPretrain, LLMPretrain, VAEPretrain
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,3 +75,34 @@ def test_the_vae_export_is_a_diffusers_folder_marked_complete(config, tmp_path):
 def test_the_clip_stage_needs_the_tokenizer_it_trains_on(config):
     with pytest.raises(ValueError, match=r"missing \['tokenizer'\]"):
         ClipPretrain.check_inputs(config, {})
+
+
+@pytest.fixture(scope="module")
+def llm_recipe(config, tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tokenizer"))
+    save_tokenizer(tiny_tokenizer(config), folder)
+    return LLMPretrain(config, {"tokenizer": folder})
+
+
+def test_the_llm_learns_a_story_and_its_export_reloads_as_trained(config, llm_recipe, tmp_path):
+    torch.manual_seed(0)
+    tokenizer = llm_recipe._tokenizer
+    texts = [story_text_ids(tokenizer, toy_story(config.data.toy, index).record.captions, 256) for index in range(2)]
+    model = llm_recipe.build()
+    before = text_scores(model.llm, texts)
+    batch = llm_recipe.collate()({"input_ids": np.array(texts, dtype=object)})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(20):
+        loss = model.train()(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = text_scores(model.llm, texts)
+    assert after["val/llm_loss"] < 0.7 * before["val/llm_loss"]
+    assert after["val/llm_next_token_accuracy"] > before["val/llm_next_token_accuracy"]
+
+    llm_recipe.export(model, str(tmp_path / "llm"))
+    assert (tmp_path / "llm" / MANIFEST).is_file()
+    stored = config.model.model_copy(update={"llm": config.model.llm.model_copy(update={"weights": str(tmp_path / "llm")})})
+    assert text_scores(build_llm(stored, len(tokenizer)), texts) == pytest.approx(after)
+

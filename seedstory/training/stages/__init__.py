@@ -1,5 +1,5 @@
 """The three SEED-Story training stages (DESIGN.md stage table), one recipe module each, and the
-tiny preset's base pretraining (``tiny_bases``: VAE and ViT, run by ``seedstory.training.bases``)."""
+tiny preset's base pretraining (``tiny_bases``: VAE, ViT and LLM, run by ``seedstory.training.bases``)."""
 
 from __future__ import annotations
 
@@ -9,4 +9,5 @@ RECIPES = {
     "detokenizer_adapt": "seedstory.training.stages.detokenizer_adapt:DetokenizerAdapt",
     "vae_pretrain": "seedstory.training.stages.tiny_bases:VAEPretrain",
     "clip_pretrain": "seedstory.training.stages.tiny_bases:ClipPretrain",
+    "llm_pretrain": "seedstory.training.stages.tiny_bases:LLMPretrain",
 }

@@ -1,8 +1,8 @@
-"""The tiny preset's frozen bases, pretrained on toy-world frames: the VAE and the ViT.
+"""The tiny preset's bases, pretrained on the toy world: the VAE, the ViT and the LLM.
 
-The paper's SD-XL VAE and Qwen-VL ViT arrive pretrained; the tiny preset trains its own once
-(``seedstory.training.bases`` runs both and writes the base folder), then every SEED-Story
-stage keeps them frozen.
+The paper's SD-XL VAE and Qwen-VL (ViT and LLM) arrive pretrained; the tiny preset trains its own
+once (``seedstory.training.bases`` runs the three and writes the base folder). Every SEED-Story
+stage keeps the ViT and VAE frozen; stage 2 adapts the LLM with LoRA.
 
 - ``VAEPretrain``: SD's VAE objective without its perceptual and adversarial terms: reconstruction
   of a latent sampled from the posterior plus a small KL term (``model.loss.vae_kl``), both summed
@@ -16,6 +16,9 @@ stage keeps them frozen.
 - ``ClipPretrain``: the ViT as the image tower of a CLIP-style dual encoder, its text tower over
   the project tokenizer (``sources``: ``tokenizer``). Batches: ``vit_pixels``, ``input_ids``,
   ``attention_mask``. Export: ``vit.safetensors`` (Qwen-VL names), ``text_encoder/``, ``tokenizer/``.
+- ``LLMPretrain``: next-token prediction on whole stories as text (``seedstory.data.story_text``).
+  Batches: ``input_ids``, ``attention_mask``, ``labels``. Export: a transformers folder (what
+  ``model.llm.weights`` reads).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from seedstory.config.model import ModelConfig
 from seedstory.data.frame_text import ColumnsCollate
 from seedstory.models.detokenizer import build_vae
 from seedstory.models.dual_encoder import DualEncoder, TextEncoder, export_dual_encoder
-from seedstory.models.export import MANIFEST, export_vae
+from seedstory.data.story_text import TextCollate
+from seedstory.models.export import MANIFEST, export_llm, export_vae
+from seedstory.models.mllm import build_llm
 from seedstory.models.vit import build_vit
 from seedstory.models.weights import load_tokenizer
 from seedstory.training.stages.base import SeedStoryStage
@@ -102,7 +107,9 @@ class VAEPretrain(SeedStoryStage):
         return {"vae": uri}
 
 
-class ClipPretrain(SeedStoryStage):
+class _TokenizerSource(SeedStoryStage):
+    """A base trained on text cut with the tokenizer the bases job trains first (``sources``: ``tokenizer``)."""
+
     SOURCES = ("tokenizer",)
 
     @classmethod
@@ -112,6 +119,9 @@ class ClipPretrain(SeedStoryStage):
     @cached_property
     def _tokenizer(self) -> PreTrainedTokenizerBase:
         return self.tokenizer(self.config, self.sources)
+
+
+class ClipPretrain(_TokenizerSource):
 
     def build(self) -> nn.Module:
         model = fresh(self.config.model, "vit")
@@ -124,3 +134,26 @@ class ClipPretrain(SeedStoryStage):
         export_dual_encoder(model, self.config.model, uri, self._tokenizer)
         write_export_manifest(uri, "dual_encoder", self.config.model)
         return {"dual_encoder": uri}
+
+
+class LLMPretrainModel(nn.Module):
+    def __init__(self, llm: nn.Module) -> None:
+        super().__init__()
+        self.llm = llm
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"loss": self.llm(**batch).loss}
+
+
+class LLMPretrain(_TokenizerSource):
+    def build(self) -> nn.Module:
+        llm = build_llm(fresh(self.config.model, "llm"), vocab_size=len(self._tokenizer))
+        return LLMPretrainModel(llm.train().requires_grad_(True))
+
+    def collate(self) -> NumpyBatchCollateFn:
+        return TextCollate(self._tokenizer.pad_token_id)
+
+    def export(self, model: nn.Module, uri: str) -> dict[str, str]:
+        export_llm(model.llm, uri)
+        write_export_manifest(uri, "llm", self.config.model)
+        return {"llm": uri}

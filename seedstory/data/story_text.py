@@ -1,0 +1,76 @@
+"""Stories as plain text: what the tiny preset's LLM base is pretrained on.
+
+One sample per story: ``<bos> caption_0 [INST] caption_1 ... [INST] caption_n <eos>``,
+cut to ``data.max_length``, every token a target. That is stage 2's layout without the images, so
+the base already speaks the world's language and knows how its states follow one another before
+LoRA teaches it the image tokens, as Qwen-VL's LLM arrives pretrained. Text needs no decoding:
+the samples are built on the driver and handed to Ray Data as rows, read again every epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import ray
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+from transformers import PreTrainedTokenizerBase
+
+from seedstory.config import SeedStoryConfig
+from seedstory.data.badrecords import BadRecordError
+from seedstory.data.layout import IGNORE_INDEX
+from seedstory.data.pipeline import Split, split_jsonl
+from seedstory.data.records import parse_story
+from seedstory.data.sources import expand_jsonl, read_story_lines
+from seedstory.tokenizer import INST
+
+
+def story_text_ids(tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], max_length: int) -> np.ndarray:
+    """The story's token ids, cut to ``max_length``."""
+    inst = tokenizer.encode(INST, add_special_tokens=False)
+    ids = [tokenizer.bos_token_id]
+    for index, caption in enumerate(captions):
+        ids += (inst if index else []) + tokenizer.encode(caption, add_special_tokens=False)
+    ids.append(tokenizer.eos_token_id)
+    return np.asarray(ids[:max_length], dtype=np.int64)
+
+
+def story_texts(config: SeedStoryConfig, split: Split, tokenizer: PreTrainedTokenizerBase) -> tuple[list[np.ndarray], int]:
+    """Every sound story of ``split`` as token ids, and how many lines were not a sound story."""
+    texts, bad = [], 0
+    for line in read_story_lines(expand_jsonl(split_jsonl(config, split))):
+        try:
+            texts.append(story_text_ids(tokenizer, parse_story(line.text).captions, config.data.max_length))
+        except BadRecordError:
+            bad += 1
+    if not texts:
+        raise ValueError(f"the {split} split ({', '.join(split_jsonl(config, split))}) holds no sound story")
+    return texts, bad
+
+
+def story_text_dataset(texts: list[np.ndarray], config: SeedStoryConfig) -> ray.data.MaterializedDataset:
+    """One row per story; the training loop re-reads it every epoch through its seeded local shuffle buffer."""
+    settings = config.train.llm_pretrain
+    if len(texts) < settings.micro_batch_size * settings.num_workers:
+        raise ValueError(f"{len(texts)} training stories cannot fill a micro-batch of {settings.micro_batch_size} "
+                         f"on each of {settings.num_workers} workers: lower train.llm_pretrain.micro_batch_size "
+                         "or write more stories")
+    return ray.data.from_items([{"input_ids": ids} for ids in texts]).materialize()
+
+
+class TextCollate(NumpyBatchCollateFn):
+    """Pads token ids with ``pad_id``; labels are the ids themselves, -100 on the padding."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        lengths = [len(ids) for ids in batch["input_ids"]]
+        input_ids = torch.full((len(lengths), max(lengths)), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, length in enumerate(lengths):
+            input_ids[row, :length] = torch.from_numpy(np.asarray(batch["input_ids"][row], dtype=np.int64))
+            attention_mask[row, :length] = 1
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,0 +1,36 @@
+"""Stories as text for the LLM base: stage 2's layout without images, padded batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seedstory.config import load_config
+from seedstory.data.story_text import TextCollate, story_text_dataset, story_text_ids
+from seedstory.training.base_weights import tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer(load_config("tiny", ["data.toy.stories=2"]))
+
+
+def test_a_story_as_text_is_the_stage_two_layout_without_images(tokenizer):
+    ids = story_text_ids(tokenizer, ["a cat sits.", "a cat runs."], 64)
+    assert tokenizer.decode(ids, skip_special_tokens=False).replace(" ", "") == (
+        f"{tokenizer.bos_token}acatsits.[INST]acatruns.{tokenizer.eos_token}")
+    assert len(story_text_ids(tokenizer, ["a cat sits."] * 50, 64)) == 64
+
+
+def test_text_batches_pad_with_ignored_labels(tokenizer):
+    pad = tokenizer.pad_token_id
+    batch = TextCollate(pad)({"input_ids": np.array([np.array([1, 2, 3]), np.array([4])], dtype=object)})
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, pad, pad]]
+    assert batch["labels"].tolist() == [[1, 2, 3], [4, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_too_few_stories_for_a_batch_per_worker_is_named(tokenizer):
+    config = load_config("tiny", ["train.llm_pretrain.micro_batch_size=4"])
+    with pytest.raises(ValueError, match=r"3 training stories cannot fill a micro-batch of 4 on each of 2 workers"):
+        story_text_dataset([np.array([1, 2])] * 3, config)
