@@ -1,10 +1,11 @@
-"""Write the tiny preset's frozen "pretrained" parts once, seeded, to `train.base_weights` (idempotent).
+"""Write the tiny preset's base parts, random but seeded, to `train.base_weights` (idempotent).
 
     ray job submit --working-dir . -- python jobs/init_base_weights.py --config tiny [KEY=VALUE ...]
 
-The tiny equivalent of a user's downloaded checkpoints: tokenizer (trained on toy-world captions),
-ViT, LLM, VAE and the initial UNet. Every stage job loads them from there, so all stages share the
-same frozen ViT and VAE. An existing folder for the same shapes is kept; --overwrite replaces it.
+The shapes without the learning, in seconds: tokenizer (trained on toy-world captions), ViT, LLM,
+VAE and the initial UNet, for runs that test the stages' mechanics. `jobs/pretrain_bases.py` writes
+the same folder with the bases trained. An existing folder for the same shapes is kept;
+--overwrite replaces it.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class TrainConfig(Section):
         "name resumes from its latest checkpoint (default: a fresh name per submission)",
     )
     base_weights: str | None = Field(
-        None, description="folder written by jobs/init_base_weights.py (vit.safetensors, text_encoder/, llm/, "
+        None, description="folder written by jobs/pretrain_bases.py or jobs/init_base_weights.py (vit.safetensors, text_encoder/, llm/, "
         "tokenizer/, vae/, unet/, base.json last); fills every model.*.weights and model.llm.tokenizer left null",
     )
     vae_pretrain: StageConfig = Field(

@@ -65,6 +65,7 @@ def text_scores(llm: torch.nn.Module, texts: list[np.ndarray]) -> dict[str, floa
 
 
 def verdicts(scores: dict[str, float]) -> list[str]:
-    """One PASS/MISS line per target that was measured."""
+    """One PASS/MISS line per target that was measured, then a plain line per score without a target."""
     return [f"{'PASS' if scores[name] >= target else 'MISS'}  {name} = {scores[name]:.4f} (target >= {target})"
-            for name, target in TARGETS.items() if name in scores]
+            for name, target in TARGETS.items() if name in scores] + [
+        f"      {name} = {value:.4f}" for name, value in scores.items() if name not in TARGETS]

@@ -142,7 +142,7 @@ def with_base_weights(config: SeedStoryConfig) -> SeedStoryConfig:
         return config
     if read_manifest(base) is None:
         raise BaseWeightsError(f"no base weights at {base} ({MANIFEST} missing): run "
-                               f"`python jobs/init_base_weights.py --config <same config>` first")
+                               f"`python jobs/pretrain_bases.py --config <same config>` first")
     resolved = config.model_copy(deep=True)
     model = resolved.model
     for section, field_name, part in (("vit", "weights", "vit"), ("llm", "weights", "llm"),

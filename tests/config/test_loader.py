@@ -103,3 +103,10 @@ def test_extends_cycle_is_reported(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize("preset", [name for name in preset_names() if load_config(name).model.preset == "tiny"])
+def test_each_tiny_preset_has_a_story_per_llm_base_sample_of_a_step(preset):
+    config = load_config(preset)
+    train = sum(split_of(config.data.toy, index) == "train" for index in range(config.data.toy.stories))
+    assert train >= config.train.llm_pretrain.micro_batch_size * config.train.llm_pretrain.num_workers

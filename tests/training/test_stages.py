@@ -90,7 +90,7 @@ def test_base_weights_are_written_once_and_fill_only_unset_locations(config, tmp
 def test_base_weights_for_other_shapes_or_a_missing_folder_are_refused(config, tmp_path):
     with pytest.raises(BaseWeightsError, match="other model shapes"):
         write_tiny_base(load_config("tiny", ["model.vit.layers=3"]), config.train.base_weights)
-    with pytest.raises(BaseWeightsError, match="init_base_weights"):
+    with pytest.raises(BaseWeightsError, match="pretrain_bases"):
         with_base_weights(load_config("tiny", [f"train.base_weights={tmp_path}/none"]))
     with pytest.raises(BaseWeightsError, match="released checkpoints"):
         write_tiny_base(load_config("paper"), str(tmp_path))

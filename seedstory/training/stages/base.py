@@ -33,7 +33,7 @@ class SeedStoryStage(StageRecipe):
         unset = [part for part in cls.WEIGHTS if getattr(config.model, part).weights is None]
         if unset:
             raise ValueError(f"{cls.__name__} needs " + ", ".join(f"model.{p}.weights" for p in unset)
-                             + " on storage: set them or train.base_weights (jobs/init_base_weights.py)")
+                             + " on storage: set them or train.base_weights (jobs/pretrain_bases.py)")
 
     @classmethod
     def tokenizer(cls, config: SeedStoryConfig, sources: dict[str, str]) -> PreTrainedTokenizerBase | None:
