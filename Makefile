@@ -68,8 +68,8 @@ demo: stack-up  ## toy world, pretrained bases, the three stages (each a `ray jo
 		--segments 8 --out $(DEMO_STORY) $(OVERRIDES)
 	@source $(STATE_DIR)/env.sh && printf '\n%s\n' \
 		"Demo done. Where to look:" \
-		"  MLflow runs:    $$MLFLOW_TRACKING_URI/#/experiments  (experiment 'seedstory': toyworld + one run per stage)" \
-		"  MLflow models:  $$MLFLOW_TRACKING_URI/#/models  (seedstory-detokenizer, seedstory-mllm, seedstory-adapted-detokenizer @candidate)" \
+		"  MLflow runs:    $$MLFLOW_TRACKING_URI/#/experiments  (experiment tracking.experiment: toyworld + one run per stage)" \
+		"  MLflow models:  $$MLFLOW_TRACKING_URI/#/models  (seedstory-base-{vae,clip,llm}, seedstory-detokenizer, seedstory-mllm, seedstory-adapted-detokenizer @candidate)" \
 		"  Ray dashboard:  $$RAY_API_SERVER_ADDRESS  (jobs, logs)" \
 		"  Object storage: $$AWS_ENDPOINT_URL  s3://$$SEEDSTORY_BUCKET/{toyworld,base,runs,exports}" \
 		"  The story:      file://$(abspath $(DEMO_STORY))/index.html  (written by the models above)" \
