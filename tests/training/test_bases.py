@@ -1,8 +1,9 @@
 """The tiny bases job end to end through `ray job submit` on the local stack: train, score, write, reload.
 
-A few steps each on a four-story toy world (three train stories: the LLM reads one story a step): the point is the mechanics (two Ray Train stages with
-their MLflow runs and model versions, the val scores, one complete base folder), not the targets,
-which the tiny preset's settings reach on the full toy world (README).
+A few steps each on a four-story toy world (three train stories, so the LLM reads one story a
+step): the point is the mechanics (three Ray Train stages with their MLflow runs and model
+versions, the val scores, one complete base folder), not the targets, which the `toy` preset meets
+(README).
 """
 
 from __future__ import annotations
