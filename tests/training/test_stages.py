@@ -72,7 +72,7 @@ def trainable(model: torch.nn.Module) -> set[str]:
 
 
 def test_every_stage_names_an_importable_recipe():
-    assert set(RECIPES) == {"vae_pretrain", "clip_pretrain", "detokenizer_pretrain", "story_instruct", "detokenizer_adapt"}
+    assert set(RECIPES) == {"vae_pretrain", "clip_pretrain", "llm_pretrain", "detokenizer_pretrain", "story_instruct", "detokenizer_adapt"}
     for path in RECIPES.values():
         recipe_class(path)
 
