@@ -1,17 +1,65 @@
-"""The Ray Serve application: two independently scaled deployments."""
+"""The Ray Serve application: an ingress, the writer (MLLM) and the painter (de-tokenizer).
 
-from pydantic import Field
+The writer is memory-bandwidth bound and holds one cache per story; the painter is compute bound
+and batches. Each has its own replicas, autoscaling and resources, so one can scale while the
+other stays at its minimum.
+"""
+
+from pydantic import Field, model_validator
 
 from seedstory.config.base import Section
 
 
 class DeploymentConfig(Section):
+    """One deployment's scale (Ray Serve's ``autoscaling_config``) and its replica's resources."""
+
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    max_ongoing_requests: int = Field(4, ge=1)
+    max_queued_requests: int = Field(-1, ge=-1, description="per caller; -1 is unbounded, a full queue answers 503")
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(30.0, ge=0)
     cpus: float = Field(0.5, gt=0)
     gpus: float = Field(0.0, ge=0)
+    memory_gb: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> "DeploymentConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+
+class PainterConfig(DeploymentConfig):
+    """The painter batches feature tensors from every story in flight (``@serve.batch``)."""
+
+    max_batch_size: int = Field(4, ge=1)
+    batch_wait_timeout_s: float = Field(0.02, ge=0)
+    retries: int = Field(2, ge=0, description="further replicas an image is tried on when its replica dies")
 
 
 class ServeConfig(Section):
-    generator: DeploymentConfig = Field(default_factory=DeploymentConfig)
-    decoder: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    """Deployments, the models they load and the HTTP API's limits.
+
+    ``alias`` is the registry alias the writer and painter load (``user_config``: changing it and
+    re-deploying reloads the models without dropping the service). The API token, when wanted,
+    lives in the environment variable ``api_token_env`` of the ingress replicas (a Kubernetes
+    Secret, say), never in a config file.
+    """
+
+    alias: str = "candidate"
+    ingress: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(
+        cpus=0.1, max_ongoing_requests=64, target_ongoing_requests=32))
+    writer: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    painter: PainterConfig = Field(default_factory=PainterConfig)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    stories: str = Field("stories", description="where finished stories are saved, under storage's root")
+    max_segments: int = Field(16, ge=1)
+    max_text_chars: int = Field(500, ge=1)
+    max_image_bytes: int = Field(4 * 2**20, ge=1)
+    max_image_side: int = Field(4096, ge=1)
+    max_body_bytes: int = Field(8 * 2**20, ge=1)
+    api_token_env: str = "SEEDSTORY_API_TOKEN"
+    retry_after_s: int = Field(5, ge=1, description="the Retry-After of a 503 when the writer's queue is full")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from seedstory.config.generation import StoryConfig
 from seedstory.data.badrecords import BadRecordError
 from seedstory.data.images import decode_image
 from seedstory.data.pixels import vit_pixels
-from seedstory.generation.story import Outcome, SegmentStats, StoryGenerator, StoryStart
+from seedstory.generation.story import Outcome, SegmentStats, Story, StoryGenerator, StoryStart
 from seedstory.generation.storybook import Storybook
 from seedstory.models.detokenizer import Detokenizer
 from seedstory.models.export import export_model_config, load_detokenizer, load_mllm
@@ -77,6 +78,19 @@ def resolve_models(config: SeedStoryConfig, references: dict[str, str]) -> dict[
     return {name: resolve_source(client, reference) for name, reference in references.items()}
 
 
+def load_writer(uri: str) -> tuple[SeedStoryMLLM, PreTrainedTokenizerBase, VisionTransformer]:
+    """The writing half of a story: the MLLM (LoRA merged), its tokenizer and the ViT it was trained with."""
+    mllm, tokenizer = load_mllm(uri)
+    if tokenizer is None:
+        raise WeightsError(f"{uri}: the MLLM export holds no tokenizer/, so its text cannot be read")
+    if isinstance(mllm.llm, PeftModel):
+        merge_lora(mllm)
+    vit_config = export_model_config(uri, "mllm")
+    if vit_config.vit.weights is None:
+        raise WeightsError(f"{uri}: the export names no ViT weights (model.vit.weights is null)")
+    return mllm.eval(), tokenizer, build_vit(vit_config)
+
+
 @dataclass
 class StoryModels:
     """Every part a story needs, on one device, in eval mode."""
@@ -92,16 +106,8 @@ class StoryModels:
         missing = [part for part in PARTS if part not in sources]
         if missing:
             raise ValueError(f"no source for {', '.join(missing)}")
-        mllm_uri = sources["mllm"].uri
-        mllm, tokenizer = load_mllm(mllm_uri)
-        if tokenizer is None:
-            raise WeightsError(f"{mllm_uri}: the MLLM export holds no tokenizer/, so its text cannot be read")
-        if isinstance(mllm.llm, PeftModel):
-            merge_lora(mllm)
-        vit_config = export_model_config(mllm_uri, "mllm")
-        if vit_config.vit.weights is None:
-            raise WeightsError(f"{mllm_uri}: the export names no ViT weights (model.vit.weights is null)")
-        return cls(mllm=mllm.eval(), tokenizer=tokenizer, vit=build_vit(vit_config),
+        mllm, tokenizer, vit = load_writer(sources["mllm"].uri)
+        return cls(mllm=mllm, tokenizer=tokenizer, vit=vit,
                    detokenizer=load_detokenizer(sources["detokenizer"].uri).eval(), sources=sources)
 
     def versions(self) -> dict[str, dict[str, str | None]]:
@@ -126,6 +132,11 @@ class StoryTimings:
         return {**asdict(self), "overlap": self.overlap}
 
 
+def image_seed(story_seed: int, index: int) -> int:
+    """The painting noise of one picture: the same story seed paints the same pictures, wherever it runs."""
+    return story_seed * 1_000_003 + index
+
+
 class Painter:
     """One worker thread that turns features into pictures, each with its own seeded noise."""
 
@@ -141,7 +152,7 @@ class Painter:
     @torch.no_grad()
     def _paint(self, features: torch.Tensor, index: int) -> Image.Image:
         began = time.perf_counter()
-        generator = torch.Generator(device=features.device).manual_seed(self.seed * 1_000_003 + index)
+        generator = torch.Generator(device=features.device).manual_seed(image_seed(self.seed, index))
         pixels = self.detokenizer.decode(features[None], generator=generator)[0]
         self.busy_s += time.perf_counter() - began
         return to_image(pixels)
@@ -198,36 +209,79 @@ class WrittenStory:
         return [segment.image.result() for segment in self.segments]
 
 
-class StoryPipeline:
-    def __init__(self, models: StoryModels, config: SeedStoryConfig) -> None:
-        self.models = models
+@dataclass
+class WrittenSegment:
+    """A segment as the writer hands it over: its text and the features of the picture to paint."""
+
+    index: int
+    text: str
+    features: torch.Tensor
+    stats: SegmentStats
+
+
+class StoryWriter:
+    """The MLLM half of a story, without painting: an opening in, written segments out.
+
+    Serving runs it in the writer deployment and paints elsewhere; ``StoryPipeline`` pairs it with
+    a painting thread in one process.
+    """
+
+    def __init__(self, mllm: SeedStoryMLLM, tokenizer: PreTrainedTokenizerBase, vit: VisionTransformer,
+                 config: SeedStoryConfig) -> None:
+        self.mllm = mllm
+        self.tokenizer = tokenizer
+        self.vit = vit
         self.config = config
-        self.separator_ids = models.tokenizer.encode(INST, add_special_tokens=False)
+        self.separator_ids = tokenizer.encode(INST, add_special_tokens=False)
+
+    def settings(self, segments: int | None = None, seed: int | None = None) -> StoryConfig:
+        """``story`` with this request's segment count and seed (the config's when not given)."""
+        if segments is not None and segments < 1:
+            raise StoryInputError(f"segments: must be at least 1, got {segments}")
+        return self.config.story.model_copy(update={
+            "segments": segments or self.config.story.segments,
+            "seed": self.config.story.seed if seed is None else seed})
 
     def opening(self, text: str, image: Image.Image | None) -> StoryStart:
         """BOS + the sentence, and the image's ViT features, as training's first frame."""
         if not text or not text.strip():
             raise StoryInputError("text: empty; a story opens with a sentence")
-        ids = [self.models.tokenizer.bos_token_id, *self.models.tokenizer.encode(text.strip(), add_special_tokens=False)]
+        ids = [self.tokenizer.bos_token_id, *self.tokenizer.encode(text.strip(), add_special_tokens=False)]
         if len(ids) > self.config.data.max_length // 2:
             raise StoryInputError(f"text: {len(ids)} tokens, more than half the model's context "
                                   f"({self.config.data.max_length} tokens)")
         if image is None:
             return StoryStart(token_ids=ids)
-        size = self.models.vit.config.image_size
+        size = self.vit.config.image_size
         pixels = torch.from_numpy(vit_pixels(image, size))[None]
         with torch.no_grad():
-            features = self.models.vit(pixels)[0]
+            features = self.vit(pixels)[0]
         return StoryStart(token_ids=ids, image_features=features)
+
+    def write(self, start: StoryStart, settings: StoryConfig) -> tuple[Story, Iterator[WrittenSegment]]:
+        """The story loop (its ``outcome`` is set once the iterator ends) and its segments as text."""
+        generator = StoryGenerator(self.mllm, settings, settings.cache,
+                                   eos_id=self.tokenizer.eos_token_id, separator_ids=self.separator_ids)
+        loop = generator.generate(start)
+        segments = (WrittenSegment(index=s.index, features=s.features, stats=s.stats,
+                                   text=self.tokenizer.decode(s.text_ids, skip_special_tokens=True).strip())
+                    for s in loop)
+        return loop, segments
+
+
+class StoryPipeline:
+    def __init__(self, models: StoryModels, config: SeedStoryConfig) -> None:
+        self.models = models
+        self.config = config
+        self.writer = StoryWriter(models.mllm, models.tokenizer, models.vit, config)
+
+    def opening(self, text: str, image: Image.Image | None) -> StoryStart:
+        return self.writer.opening(text, image)
 
     def write(self, text: str, image: Image.Image | None = None, segments: int | None = None,
               seed: int | None = None) -> WrittenStory:
         """A story of ``segments`` segments (default ``story.segments``) after the opening."""
-        if segments is not None and segments < 1:
-            raise StoryInputError(f"segments: must be at least 1, got {segments}")
-        story_config = self.config.story.model_copy(update={
-            "segments": segments or self.config.story.segments,
-            "seed": self.config.story.seed if seed is None else seed})
+        story_config = self.writer.settings(segments, seed)
         start = self.opening(text, image)
         story = WrittenStory(opening=text.strip(), opening_image=image, settings=story_config)
         story._stream = self._stream(story, start)
@@ -236,21 +290,15 @@ class StoryPipeline:
     def storybook(self, story: WrittenStory) -> Storybook:
         """The finished story (every picture painted) with what made it: model versions and settings."""
         images = story.wait().images()
-        config = {"story": story.settings.model_dump(mode="json"),
-                  "scheduler": self.config.model.scheduler.model_dump(mode="json")}
         return Storybook(opening=story.opening, opening_image=story.opening_image,
                          texts=[s.text for s in story.segments], images=images, outcome=story.outcome.value,
-                         models=self.models.versions(), config=config,
+                         models=self.models.versions(), config=story_settings(self.config, story.settings),
                          stats={**story.timings.as_dict(), "segments": len(story.segments)})
 
     def _stream(self, story: WrittenStory, start: StoryStart) -> Iterator[PaintedSegment]:
-        settings = story.settings
-        generator = StoryGenerator(self.models.mllm, settings, settings.cache,
-                                   eos_id=self.models.tokenizer.eos_token_id, separator_ids=self.separator_ids)
-        painter = Painter(self.models.detokenizer, settings.seed)
+        painter = Painter(self.models.detokenizer, story.settings.seed)
         began = time.perf_counter()
-        loop = generator.generate(start)
-        segments = iter(loop)
+        loop, segments = self.writer.write(start, story.settings)
         try:
             while True:
                 step = time.perf_counter()
@@ -258,10 +306,8 @@ class StoryPipeline:
                 story.timings.write_s += time.perf_counter() - step
                 if segment is None:
                     break
-                painted = PaintedSegment(
-                    index=segment.index, features=segment.features, stats=segment.stats,
-                    text=self.models.tokenizer.decode(segment.text_ids, skip_special_tokens=True).strip(),
-                    image=painter.submit(segment.features, segment.index))
+                painted = PaintedSegment(index=segment.index, text=segment.text, features=segment.features,
+                                         stats=segment.stats, image=painter.submit(segment.features, segment.index))
                 story.segments.append(painted)
                 yield painted
         finally:
@@ -269,3 +315,8 @@ class StoryPipeline:
             story.outcome = loop.outcome
             story.timings.paint_s = painter.busy_s
             story.timings.wall_s = time.perf_counter() - began
+
+
+def story_settings(config: SeedStoryConfig, settings: StoryConfig) -> dict[str, Any]:
+    """What a story.json records of how it was made: the loop's settings and the painting scheduler."""
+    return {"story": settings.model_dump(mode="json"), "scheduler": config.model.scheduler.model_dump(mode="json")}

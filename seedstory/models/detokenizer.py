@@ -128,9 +128,13 @@ class Detokenizer(nn.Module):
         return diffusion_mse_loss(prediction, target)
 
     @torch.no_grad()
-    def decode(self, features: torch.Tensor, steps: int | None = None, generator: torch.Generator | None = None,
+    def decode(self, features: torch.Tensor, steps: int | None = None,
+               generator: torch.Generator | list[torch.Generator] | None = None,
                guidance_scale: float | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Sample images [K, 3, S, S] in [0, 1] with an Euler sampler (fresh per call: safe to run concurrently)."""
+        """Sample images [K, 3, S, S] in [0, 1] with an Euler sampler (fresh per call: safe to run concurrently).
+
+        A list of K generators gives each image its own noise, so a batch paints what K calls would.
+        """
         steps = steps or self.config.scheduler.inference_steps
         guidance = self.config.scheduler.guidance_scale if guidance_scale is None else guidance_scale
         sampler = EulerDiscreteScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
