@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE := 1
 STACK := $(BIN)/seedstory stack
 STACK_ARGS := --config $(CONFIG) stack.state_dir=$(STATE_DIR) $(OVERRIDES)
 
-.PHONY: help env demo test stack-up stack-down stack-status clean
+.PHONY: help env demo test browser serve serve-down stack-up stack-down stack-status clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -75,8 +75,25 @@ demo: stack-up  ## toy world, pretrained bases, the three stages (each a `ray jo
 		"  The story:      file://$(abspath $(DEMO_STORY))/index.html  (written by the models above)" \
 		"  Stop the stack: make stack-down"
 
-test: $(STAMP)  ## run the whole test suite (starts and stops its own stack)
+test: $(STAMP) browser  ## run the whole test suite (starts and stops its own stack)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The storybook page is tested in Debian's chromium; install it where we can, say so where we cannot.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "==> apt-get install chromium chromium-driver (for the storybook page test)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+			|| echo "note: could not install chromium; the storybook page test will be skipped"; \
+	else echo "note: the storybook page test needs chromium and chromium-driver (apt-get install chromium chromium-driver as root); it will be skipped"; fi
+
+SERVE_FILE ?= serve/config.yaml
+
+serve: stack-up  ## deploy the story service (serve/config.yaml: models of `make demo`) and print its URL
+	source $(STATE_DIR)/env.sh && $(BIN)/seedstory serve deploy --file $(SERVE_FILE)
+
+serve-down: $(STAMP)  ## take the story service down (the stack stays up)
+	source $(STATE_DIR)/env.sh && $(BIN)/serve shutdown --yes --address $$RAY_API_SERVER_ADDRESS
 
 clean: stack-down  ## stop the stack and remove its state (the venv stays)
 	rm -rf $(STATE_DIR)

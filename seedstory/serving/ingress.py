@@ -101,7 +101,9 @@ class Ingress:
         if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
             raise ApiError(413, None, f"body of {declared} bytes is over serve.max_body_bytes ({limits.max_body_bytes})")
         story = parse_story_request(await _read_body(request, limits.max_body_bytes), limits)
-        stream = self.writer.options(stream=True).write.remote(story.text, story.image, story.segments, story.seed)
+        story_id = uuid.uuid4().hex
+        stream = self.writer.options(stream=True).write.remote(story_id, story.text, story.image, story.segments,
+                                                               story.seed)
         try:
             header, painter_models = await asyncio.gather(anext(stream), self.painter.models.remote())
         except BackPressureError:
@@ -110,7 +112,6 @@ class Ingress:
                            headers={"Retry-After": str(limits.retry_after_s)}) from None
         except StoryInputError as err:
             raise ApiError(422, str(err).split(":", 1)[0], str(err).split(":", 1)[-1].strip()) from None
-        story_id = uuid.uuid4().hex
         record = StoryRecord(id=story_id, opening=story.text, opening_image=story.image,
                              header={**header, "models": {**header["models"], **painter_models}})
         events = StoryStream(record, stream, self.painter, limits.painter.retries, self._folder(story_id))

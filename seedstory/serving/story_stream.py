@@ -27,6 +27,8 @@ from seedstory.serving.api import event_line, png_base64
 logger = logging.getLogger("ray.serve")
 
 REPLICA_LOST = (RayActorError, ActorUnavailableError)
+# Long enough for Serve's routers to learn a replica is gone, so the retry goes elsewhere.
+RETRY_BACKOFF_S = 1.0
 
 
 @dataclass
@@ -113,6 +115,7 @@ class StoryStream:
                     raise
                 attempt += 1
                 logger.warning("painter replica lost painting %s/%d (%r); asking another", self.record.id, index, err)
+                await asyncio.sleep(RETRY_BACKOFF_S * attempt)
 
     def _stop(self, next_segment: asyncio.Future | None, paintings: set[asyncio.Task]) -> None:
         """Cancel whatever is still running: the writer's stream and any painting (a no-op when all is done)."""

@@ -44,7 +44,7 @@ class Writer:
     def models(self) -> dict[str, Any]:
         return self._models
 
-    async def write(self, text: str, image: Image.Image | None, segments: int, seed: int | None
+    async def write(self, story_id: str, text: str, image: Image.Image | None, segments: int, seed: int | None
                     ) -> AsyncIterator[dict[str, Any]]:
         """``story`` (once the opening is accepted), one ``segment`` per segment, then ``end``."""
         writer, models = self._writer, self._models
@@ -53,13 +53,18 @@ class Writer:
         yield {"type": "story", "models": models, "seed": settings.seed,
                "config": story_settings(writer.config, settings)}
         loop, written = writer.write(start, settings)
-        write_s = 0.0
-        while True:
-            began = asyncio.get_running_loop().time()
-            segment = await asyncio.to_thread(next, written, None)
-            write_s += asyncio.get_running_loop().time() - began
-            if segment is None:
-                break
-            yield {"type": "segment", "index": segment.index, "text": segment.text,
-                   "features": segment.features, "stats": asdict(segment.stats)}
+        write_s, count = 0.0, 0
+        try:
+            while True:
+                began = asyncio.get_running_loop().time()
+                segment = await asyncio.to_thread(next, written, None)
+                write_s += asyncio.get_running_loop().time() - began
+                if segment is None:
+                    break
+                count += 1
+                yield {"type": "segment", "index": segment.index, "text": segment.text,
+                       "features": segment.features, "stats": asdict(segment.stats)}
+        except (asyncio.CancelledError, GeneratorExit):
+            logger.info("story %s cancelled after %d of %d segments", story_id, count, settings.segments)
+            raise
         yield {"type": "end", "outcome": loop.outcome.value, "write_s": write_s}

@@ -11,6 +11,7 @@ import http.client
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVE_FILE = REPO_ROOT / "serve" / "config.yaml"
 TOKEN = "test-token-5f1c"
 TOKEN_ENV = "SEEDSTORY_API_TOKEN"
+# Long stories, so that a fault or a disconnect lands mid-story.
+MAX_SEGMENTS = 400
 
 
 @dataclass
@@ -53,6 +56,20 @@ class Service:
         finally:
             connection.close()
 
+    def stream(self, payload: dict[str, Any], timeout: float = 120) -> Iterator[dict[str, Any]]:
+        """The story's events as they arrive; closing the iterator hangs up."""
+        parts = urlsplit(self.url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        try:
+            connection.request("POST", "/v1/stories", body=json.dumps(payload).encode(),
+                               headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            while line := response.readline():
+                yield json.loads(line)
+        finally:
+            connection.close()
+
     def story(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
         status, headers, raw = self.request("POST", "/v1/stories", json.dumps(payload).encode())
         assert status == 200, raw
@@ -71,11 +88,12 @@ def deploy_config_for(story_models, port: int, weights_cache: Path) -> dict[str,
     (app,) = config["applications"]
     app["runtime_env"] = {"env_vars": {CACHE_ENV: str(weights_cache), TOKEN_ENV: TOKEN}}
     for deployment in app["deployments"]:
-        deployment["user_config"] = {"config": "tiny", "overrides": story_models.overrides, "alias": None}
+        deployment["user_config"] = {"config": "tiny", "alias": None,
+                                     "overrides": [*story_models.overrides, f"serve.max_segments={MAX_SEGMENTS}"]}
     return config
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def service(ray_head, story_models, weights_cache, tmp_path_factory):
     config_file = tmp_path_factory.mktemp("serve") / "config.yaml"
     deploy_config = deploy_config_for(story_models, free_port(), weights_cache)

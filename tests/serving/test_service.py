@@ -18,7 +18,7 @@ from seedstory.generation.pipeline import StoryModels, StoryPipeline, model_refe
 from seedstory.generation.storybook import PAGE_FILE, STORY_FILE
 from seedstory.storage import filesystem_for, join, read_bytes
 from seedstory.training.registry import register_export
-from tests.serving.conftest import SERVE_FILE
+from tests.serving.conftest import MAX_SEGMENTS, SERVE_FILE
 
 pytestmark = pytest.mark.stack
 
@@ -96,7 +96,7 @@ def test_a_served_story_is_the_one_seedstory_generate_writes(service, story_mode
     ("/v1/stories", b'{"text": "  ", "segments": 2}', 422, "text"),
     ("/v1/stories", json.dumps({"text": "x" * 501, "segments": 2}).encode(), 422, "text"),
     ("/v1/stories", b'{"text": "A cat.", "segments": 0}', 422, "segments"),
-    ("/v1/stories", b'{"text": "A cat.", "segments": 17}', 422, "segments"),
+    ("/v1/stories", json.dumps({"text": "A cat.", "segments": MAX_SEGMENTS + 1}).encode(), 422, "segments"),
     ("/v1/stories", b'{"text": "A cat.", "segments": 2, "image": "bm90IGFuIGltYWdl"}', 422, "image"),
     ("/v1/stories", b"not json", 400, None),
     ("/v1/stories", json.dumps({"text": "A cat.", "segments": 2, "image": "A" * (9 * 2**20)}).encode(), 413, None),
