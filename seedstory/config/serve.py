@@ -18,6 +18,7 @@ class DeploymentConfig(Section):
     target_ongoing_requests: float = Field(2.0, gt=0)
     max_ongoing_requests: int = Field(4, ge=1)
     max_queued_requests: int = Field(-1, ge=-1, description="per caller; -1 is unbounded, a full queue answers 503")
+    retry_after_s: int = Field(5, ge=1, description="the Retry-After of that 503")
     upscale_delay_s: float = Field(5.0, ge=0)
     downscale_delay_s: float = Field(30.0, ge=0)
     cpus: float = Field(0.5, gt=0)
@@ -62,4 +63,3 @@ class ServeConfig(Section):
     max_image_side: int = Field(4096, ge=1)
     max_body_bytes: int = Field(8 * 2**20, ge=1)
     api_token_env: str = "SEEDSTORY_API_TOKEN"
-    retry_after_s: int = Field(5, ge=1, description="the Retry-After of a 503 when the writer's queue is full")

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
 from seedstory.config.generation import StoryConfig
+from seedstory.config.model import SchedulerConfig
 from seedstory.data.badrecords import BadRecordError
 from seedstory.data.images import decode_image
 from seedstory.data.pixels import vit_pixels
@@ -137,12 +138,21 @@ def image_seed(story_seed: int, index: int) -> int:
     return story_seed * 1_000_003 + index
 
 
+def paint(detokenizer: Detokenizer, features: torch.Tensor, generator: torch.Generator | list[torch.Generator],
+          scheduler: SchedulerConfig) -> torch.Tensor:
+    """Pictures [K, 3, S, S] with the sampler settings of the config being served (steps, guidance),
+    which may differ from those the de-tokenizer was exported with."""
+    return detokenizer.decode(features, steps=scheduler.inference_steps, generator=generator,
+                              guidance_scale=scheduler.guidance_scale)
+
+
 class Painter:
     """One worker thread that turns features into pictures, each with its own seeded noise."""
 
-    def __init__(self, detokenizer: Detokenizer, seed: int) -> None:
+    def __init__(self, detokenizer: Detokenizer, seed: int, scheduler: SchedulerConfig) -> None:
         self.detokenizer = detokenizer
         self.seed = seed
+        self.scheduler = scheduler
         self.busy_s = 0.0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="painter")
 
@@ -153,7 +163,7 @@ class Painter:
     def _paint(self, features: torch.Tensor, index: int) -> Image.Image:
         began = time.perf_counter()
         generator = torch.Generator(device=features.device).manual_seed(image_seed(self.seed, index))
-        pixels = self.detokenizer.decode(features[None], generator=generator)[0]
+        pixels = paint(self.detokenizer, features[None], generator, self.scheduler)[0]
         self.busy_s += time.perf_counter() - began
         return to_image(pixels)
 
@@ -296,7 +306,7 @@ class StoryPipeline:
                          stats={**story.timings.as_dict(), "segments": len(story.segments)})
 
     def _stream(self, story: WrittenStory, start: StoryStart) -> Iterator[PaintedSegment]:
-        painter = Painter(self.models.detokenizer, story.settings.seed)
+        painter = Painter(self.models.detokenizer, story.settings.seed, self.config.model.scheduler)
         began = time.perf_counter()
         loop, segments = self.writer.write(start, story.settings)
         try:

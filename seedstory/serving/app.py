@@ -13,7 +13,6 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
-from seedstory.config import load_config
 from seedstory.config.serve import DeploymentConfig
 from seedstory.serving.ingress import Ingress
 from seedstory.serving.painter import Painter
@@ -30,6 +29,7 @@ def deployment_options(scale: DeploymentConfig, user_config: dict[str, Any]) -> 
         "user_config": user_config,
         "max_ongoing_requests": scale.max_ongoing_requests,
         "max_queued_requests": scale.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": scale.retry_after_s},
         "ray_actor_options": actor,
         "autoscaling_config": {
             "min_replicas": scale.min_replicas,

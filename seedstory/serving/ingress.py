@@ -12,7 +12,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from seedstory.config import SeedStoryConfig
@@ -20,7 +19,7 @@ from seedstory.generation.pipeline import StoryInputError
 from seedstory.generation.storybook import STORY_FILE, image_name
 from seedstory.serving.api import NDJSON, STORY_ID, ApiError, parse_story_request
 from seedstory.serving.selection import ModelSelection
-from seedstory.serving.story_stream import StoryRecord, StoryStream
+from seedstory.serving.story_stream import REPLICA_LOST, StoryRecord, StoryStream
 from seedstory.storage import join, read_bytes
 
 PNG_NAME = re.compile(r"^(\d{1,4})\.png$")
@@ -102,14 +101,14 @@ class Ingress:
             raise ApiError(413, None, f"body of {declared} bytes is over serve.max_body_bytes ({limits.max_body_bytes})")
         story = parse_story_request(await _read_body(request, limits.max_body_bytes), limits)
         story_id = uuid.uuid4().hex
+        # A full writer queue is refused by Serve itself: 503 with the writer's Retry-After.
         stream = self.writer.options(stream=True).write.remote(story_id, story.text, story.image, story.segments,
                                                                story.seed)
         try:
             header, painter_models = await asyncio.gather(anext(stream), self.painter.models.remote())
-        except BackPressureError:
-            stream.cancel()
-            raise ApiError(503, None, "every writer is busy and the queue is full; retry later",
-                           headers={"Retry-After": str(limits.retry_after_s)}) from None
+        except REPLICA_LOST as err:
+            raise ApiError(503, None, f"the writer was lost before the story began ({type(err).__name__}); retry",
+                           headers={"Retry-After": str(limits.writer.retry_after_s)}) from None
         except StoryInputError as err:
             raise ApiError(422, str(err).split(":", 1)[0], str(err).split(":", 1)[-1].strip()) from None
         record = StoryRecord(id=story_id, opening=story.text, opening_image=story.image,

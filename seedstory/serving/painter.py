@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from ray import serve
 
-from seedstory.generation.pipeline import image_seed, to_image
+from seedstory.config.model import SchedulerConfig
+from seedstory.generation.pipeline import image_seed, paint, to_image
 from seedstory.generation.storybook import png_bytes
 from seedstory.models.detokenizer import Detokenizer
 from seedstory.models.export import load_detokenizer
@@ -29,6 +30,7 @@ logger = logging.getLogger("ray.serve")
 class Painter:
     def __init__(self) -> None:
         self._detokenizer: Detokenizer | None = None
+        self._scheduler: SchedulerConfig | None = None
         self._models: dict[str, Any] = {}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -36,6 +38,7 @@ class Painter:
         config = selection.load()
         self.paint.set_max_batch_size(config.serve.painter.max_batch_size)
         self.paint.set_batch_wait_timeout_s(config.serve.painter.batch_wait_timeout_s)
+        self._scheduler = config.model.scheduler
         source = selection.resolve(config)["detokenizer"]
         if self._detokenizer is None or self._models["detokenizer"]["uri"] != source.uri:
             self._detokenizer = load_detokenizer(source.uri).eval()
@@ -50,14 +53,14 @@ class Painter:
                     ) -> list[dict[str, Any]]:
         """One PNG per request, with the seconds its share of the batch took and the batch's size."""
         began = time.perf_counter()
-        pngs = await asyncio.to_thread(self._paint, self._detokenizer, features, seeds, indices)
+        pngs = await asyncio.to_thread(self._paint, self._detokenizer, self._scheduler, features, seeds, indices)
         share = (time.perf_counter() - began) / len(pngs)
         return [{"png": png, "paint_s": share, "batch": len(pngs)} for png in pngs]
 
     @staticmethod
     @torch.no_grad()
-    def _paint(detokenizer: Detokenizer, features: list[torch.Tensor], seeds: list[int], indices: list[int]
-               ) -> list[bytes]:
+    def _paint(detokenizer: Detokenizer, scheduler: SchedulerConfig, features: list[torch.Tensor], seeds: list[int],
+               indices: list[int]) -> list[bytes]:
         generators = [torch.Generator().manual_seed(image_seed(seed, index)) for seed, index in zip(seeds, indices)]
-        pixels = detokenizer.decode(torch.stack(features), generator=generators)
+        pixels = paint(detokenizer, torch.stack(features), generators, scheduler)
         return [png_bytes(to_image(image)) for image in pixels]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from seedstory.cli.serve import deploy
+from seedstory.serving.deploy import deploy, shutdown, with_selection
 from seedstory.models.weights import CACHE_ENV
 from seedstory.stack import free_port
 
@@ -83,14 +81,10 @@ class Service:
 
 
 def deploy_config_for(story_models, port: int, weights_cache: Path) -> dict[str, Any]:
-    config = yaml.safe_load(SERVE_FILE.read_text())
-    config["http_options"]["port"] = port
-    (app,) = config["applications"]
-    app["runtime_env"] = {"env_vars": {CACHE_ENV: str(weights_cache), TOKEN_ENV: TOKEN}}
-    for deployment in app["deployments"]:
-        deployment["user_config"] = {"config": "tiny", "alias": None,
-                                     "overrides": [*story_models.overrides, f"serve.max_segments={MAX_SEGMENTS}"]}
-    return config
+    user_config = {"config": "tiny", "alias": None,
+                   "overrides": [*story_models.overrides, f"serve.max_segments={MAX_SEGMENTS}"]}
+    return with_selection(yaml.safe_load(SERVE_FILE.read_text()), user_config, port=port,
+                          env_vars={CACHE_ENV: str(weights_cache), TOKEN_ENV: TOKEN})
 
 
 @pytest.fixture(scope="package")
@@ -101,5 +95,4 @@ def service(ray_head, story_models, weights_cache, tmp_path_factory):
     address = ray_head.ray_dashboard_url
     url = deploy(config_file, address, timeout_s=300)
     yield Service(url=url, address=address, config_file=config_file, deploy_config=deploy_config, token=TOKEN)
-    subprocess.run([str(Path(sys.executable).parent / "serve"), "shutdown", "--yes", "--address", address],
-                   check=True, capture_output=True)
+    shutdown(address)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -81,3 +82,28 @@ def test_sixty_four_concurrent_requests_mixing_valid_and_malformed(service):
     for status, raw in results[:32]:
         assert status == 200 and json.loads(raw.decode().splitlines()[-1])["type"] == "done", raw[-300:]
     assert all(400 <= status < 500 for status in statuses[32:]), statuses[32:]
+
+
+def test_a_full_writer_queue_answers_503_with_retry_after(service):
+    original = json.loads(json.dumps(service.deploy_config))
+    narrow = json.loads(json.dumps(original))
+    for deployment in narrow["applications"][0]["deployments"]:
+        if deployment["name"] == "writer":
+            deployment.update(max_ongoing_requests=1, max_queued_requests=1)
+            narrow_writer = deployment["backpressure_config"]
+            deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    service.redeploy(narrow)
+    try:
+        body = json.dumps({"text": "A queue of foxes.", "segments": 400}).encode()
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            results = list(pool.map(lambda _: service.request("POST", "/v1/stories", body, timeout=300), range(6)))
+    finally:
+        service.redeploy(original)
+    statuses = sorted(status for status, _, _ in results)
+    assert 503 in statuses and 200 in statuses, statuses
+    assert set(statuses) <= {200, 503}, statuses
+    for status, headers, raw in results:
+        if status == 503:
+            assert int(headers["retry-after"]) == math.ceil(narrow_writer["retry_after_s"]) and b"backpressure" in raw
+        else:
+            assert json.loads(raw.decode().splitlines()[-1])["type"] == "done"

@@ -16,6 +16,7 @@ from PIL import Image
 
 from seedstory.generation.pipeline import StoryModels, StoryPipeline, model_references, resolve_models
 from seedstory.generation.storybook import PAGE_FILE, STORY_FILE
+from seedstory.serving.deploy import build_config
 from seedstory.storage import filesystem_for, join, read_bytes
 from seedstory.training.registry import register_export
 from tests.serving.conftest import MAX_SEGMENTS, SERVE_FILE
@@ -34,8 +35,6 @@ def opening_png() -> str:
 
 
 def test_the_committed_deploy_config_is_what_serve_build_writes_now():
-    from seedstory.cli.serve import build_config
-
     assert SERVE_FILE.read_text() == build_config(), "serve/config.yaml is stale: run `seedstory serve build`"
     config = yaml.safe_load(SERVE_FILE.read_text())
     assert config["http_options"]["host"] == "127.0.0.1"
