@@ -28,12 +28,16 @@ DEFAULT_FILE = Path("serve/config.yaml")
 
 
 class ServeCommandError(RuntimeError):
-    pass
+    """A ``serve`` command failed, or the service it deployed never answered; the message says which."""
 
 
-def _serve_bin() -> str:
+def _serve(*args: str) -> None:
+    """Run Ray's ``serve`` CLI (the one next to this interpreter first); its output is the error on failure."""
     candidate = Path(sys.executable).parent / "serve"
-    return str(candidate) if candidate.exists() else "serve"
+    command = [str(candidate) if candidate.exists() else "serve", *args]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ServeCommandError(f"serve {args[0]} failed ({done.returncode}):\n{(done.stderr or done.stdout)[-4000:]}")
 
 
 def build_config() -> str:
@@ -42,10 +46,7 @@ def build_config() -> str:
 
     with tempfile.TemporaryDirectory() as scratch:
         built = Path(scratch) / "config.yaml"
-        done = subprocess.run([_serve_bin(), "build", APP_IMPORT_PATH, "--output-path", str(built)],
-                              capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise ServeCommandError(f"serve build failed ({done.returncode}):\n{(done.stderr or done.stdout)[-4000:]}")
+        _serve("build", APP_IMPORT_PATH, "--output-path", str(built))
         text = built.read_text()
     serve = load_config("demo").serve
     for old, new in ((f"  host: {_built_host(text)}\n  port: 8000\n", f"  host: {serve.host}\n  port: {serve.port}\n"),
@@ -68,10 +69,7 @@ def http_address(config_file: Path) -> str:
 def deploy(config_file: Path, address: str | None, timeout_s: float) -> str:
     """``serve deploy`` the file, then wait until ``/healthz`` answers and every application is RUNNING."""
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or "http://127.0.0.1:8265"
-    done = subprocess.run([_serve_bin(), "deploy", str(config_file), "--address", address],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise ServeCommandError(f"serve deploy failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    _serve("deploy", str(config_file), "--address", address)
     url = http_address(config_file)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -119,7 +117,4 @@ def with_selection(deploy_config: dict[str, Any], user_config: dict[str, Any], p
 
 
 def shutdown(address: str) -> None:
-    done = subprocess.run([_serve_bin(), "shutdown", "--yes", "--address", address], capture_output=True, text=True,
-                          check=False)
-    if done.returncode != 0:
-        raise ServeCommandError(f"serve shutdown failed ({done.returncode}):\n{(done.stderr or done.stdout)[-4000:]}")
+    _serve("shutdown", "--yes", "--address", address)

@@ -135,7 +135,8 @@ class ReplicaTrace:
         self._thread.join()
 
     def running(self) -> dict[str, int]:
-        connection = http.client.HTTPConnection(urlsplit(self.address).hostname, urlsplit(self.address).port, timeout=5)
+        parts = urlsplit(self.address)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
         try:
             connection.request("GET", "/api/serve/applications/")
             details = json.loads(connection.getresponse().read())

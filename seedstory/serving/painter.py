@@ -51,11 +51,11 @@ class Painter:
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def paint(self, features: list[torch.Tensor], seeds: list[int], indices: list[int]
                     ) -> list[dict[str, Any]]:
-        """One PNG per request, with the seconds its share of the batch took and the batch's size."""
+        """One PNG per request, with the seconds its share of the batch took."""
         began = time.perf_counter()
         pngs = await asyncio.to_thread(self._paint, self._detokenizer, self._scheduler, features, seeds, indices)
         share = (time.perf_counter() - began) / len(pngs)
-        return [{"png": png, "paint_s": share, "batch": len(pngs)} for png in pngs]
+        return [{"png": png, "paint_s": share} for png in pngs]
 
     @staticmethod
     @torch.no_grad()

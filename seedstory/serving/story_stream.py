@@ -88,19 +88,22 @@ class StoryStream:
                     paint_s += painted["paint_s"]
                     stats.setdefault("time_to_first_image_s", time.perf_counter() - began)
                     yield event_line({"type": "image", "index": index, "png": png_base64(painted["png"])})
+            if not end:
+                raise RuntimeError("the writer's stream ended without its end event")
         except Exception as err:  # the writer or painter failed: the client hears why, the story stops
             logger.warning("story %s failed: %r", record.id, err)
             yield event_line({"type": "error", "message": failure_message(err)})
             return
         finally:
             self._stop(next_segment, paintings)
-        write_s = end.get("write_s", 0.0)
+        write_s = end["write_s"]
         wall_s = time.perf_counter() - began
         stats.update(segments=len(record.texts), write_s=write_s, paint_s=paint_s, wall_s=wall_s,
                      wall_over_slower=wall_s / max(write_s, paint_s, 1e-9))
         try:
-            stats["saved"] = await asyncio.to_thread(self._save, end.get("outcome", "unknown"))
+            stats["saved"] = await asyncio.to_thread(self._save, end["outcome"])
         except Exception as err:  # the story was delivered; saving it is what failed
+            logger.warning("story %s not saved to %s: %r", record.id, self.folder, err)
             yield event_line({"type": "error", "message": f"saving the story to {self.folder} failed: {err}"})
             return
         yield event_line({"type": "done", "outcome": end["outcome"], "stats": stats})
