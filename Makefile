@@ -16,7 +16,6 @@ PYTEST_ARGS ?=
 # DeepSpeed or resolving an unpinned torch pulls the multi-GB CUDA build of torch.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 
@@ -40,7 +39,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 env: $(STAMP)  ## create the virtual environment (.venv) if missing or stale
 
-stack-up: $(STAMP)  ## start moto S3, MLflow and a Ray head on 127.0.0.1 (a no-op for what is up)
+stack-up: $(STAMP)  ## start SeaweedFS (S3), MLflow and a Ray head on 127.0.0.1 (a no-op for what is up)
 	$(STACK) up $(STACK_ARGS)
 
 stack-down: $(STAMP)  ## stop exactly the processes stack-up started

@@ -40,7 +40,7 @@ def main() -> None:
 
     ray.init(log_to_driver=False)
     results = {"preset": config.model.preset, "stories": world["splits"]["train"], "batch_size": args.batch_size,
-               "format": "raw jsonl + images", "storage": "local S3 (moto)", "stages": {}}
+               "format": "raw jsonl + images", "storage": "local S3 (SeaweedFS)", "stages": {}}
     for stage in STAGES:
         dataset, report = stage_dataset(stage, config, "train", tokenizer=None if stage == STAGES[0] else tokenizer,
                                         passes=1)

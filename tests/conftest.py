@@ -1,4 +1,4 @@
-"""Session-scoped real services: one moto S3 server, one MLflow server, one Ray head.
+"""Session-scoped real services: one SeaweedFS S3 server, one MLflow server, one Ray head.
 
 Fixtures start only what a test asks for, on free ports, and stop it all at the end of the
 session, so the suite passes on a fresh clone with nothing running beforehand.
@@ -7,12 +7,14 @@ session, so the suite passes on a fresh clone with nothing running beforehand.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
 
 from seedstory.config.infra import StackConfig
 from seedstory.stack import LocalStack, free_port
+from seedstory.stack.processes import port_in_use
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["tests.story_models"]
@@ -20,13 +22,21 @@ pytest_plugins = ["tests.story_models"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports, above Ray's worker ports, below the ephemeral range."""
+    for first in range(random.randrange(20000, 32000 - count), 32000 - count, count):
+        if not any(port_in_use("127.0.0.1", port) for port in range(first, first + count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports between 20000 and 32000")
 
 
 def free_stack_config(state_dir) -> StackConfig:
     return StackConfig(
-        state_dir=state_dir, s3_port=free_port(), mlflow_port=free_port(), ray_gcs_port=free_port(),
+        state_dir=state_dir, s3_port=free_port(), s3_internal_ports_from=free_port_block(9),
+        mlflow_port=free_port(), ray_gcs_port=free_port(),
         ray_dashboard_port=free_port(), ray_client_port=free_port(), ray_agent_port=free_port(),
         ray_object_store_mb=512, start_timeout_s=120,
     )

@@ -46,7 +46,7 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    stack = subparsers.add_parser("stack", help="run the embedded local stack (moto S3, MLflow, Ray head)")
+    stack = subparsers.add_parser("stack", help="run the embedded local stack (SeaweedFS S3, MLflow, Ray head)")
     actions = stack.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, handler, text in [
         ("up", _up, "start whatever is not running yet (a no-op for what is)"),

@@ -38,11 +38,14 @@ class TrackingConfig(Section):
 
 
 class StackConfig(Section):
-    """The embedded local stack (moto S3, MLflow server, Ray head) on one machine."""
+    """The embedded local stack (SeaweedFS S3, MLflow server, Ray head) on one machine."""
 
     state_dir: Path = Path(".stack")
     host: str = "127.0.0.1"
     s3_port: int = Field(9400, ge=1, le=65535)
+    # SeaweedFS's own servers (master, volume, filer, admin, and the gRPC twins of these and of
+    # the S3 gateway) take the nine ports from here.
+    s3_internal_ports_from: int = Field(9410, ge=1, le=65535 - 8)
     mlflow_port: int = Field(5400, ge=1, le=65535)
     ray_gcs_port: int = Field(6379, ge=1, le=65535)
     ray_dashboard_port: int = Field(8265, ge=1, le=65535)

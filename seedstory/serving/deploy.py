@@ -85,10 +85,22 @@ def deploy(config_file: Path, address: str | None, timeout_s: float) -> str:
         time.sleep(1.0)
 
 
+def dashboard_headers() -> dict[str, str]:
+    """The header a cluster with Ray's token authentication asks of dashboard clients (the token from the environment)."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _application_status(address: str) -> dict[str, str]:
+    request = urllib.request.Request(f"{address}/api/serve/applications/", headers=dashboard_headers())
     try:
-        with urllib.request.urlopen(f"{address}/api/serve/applications/", timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             applications = json.load(response).get("applications", {})
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise ServeCommandError(f"the Ray dashboard at {address} refused the request ({err.code}): "
+                                    "set RAY_AUTH_TOKEN to the cluster's token") from err
+        return {}
     except (urllib.error.URLError, OSError, ValueError):
         return {}
     return {name: app.get("status", "") for name, app in applications.items()}

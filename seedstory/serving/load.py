@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from seedstory.serving.deploy import dashboard_headers
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -138,7 +140,7 @@ class ReplicaTrace:
         parts = urlsplit(self.address)
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
         try:
-            connection.request("GET", "/api/serve/applications/")
+            connection.request("GET", "/api/serve/applications/", headers=dashboard_headers())
             details = json.loads(connection.getresponse().read())
         finally:
             connection.close()

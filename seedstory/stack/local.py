@@ -1,36 +1,48 @@
-"""The embedded local stack: moto S3 server, MLflow tracking server, Ray head.
+"""The embedded local stack: SeaweedFS (S3), MLflow tracking server, Ray head.
 
 Each service is a daemon this module starts as a session leader and stops by its recorded
 PID. Starting twice is a no-op for whatever is already up; a port held by anything else is
 an error that names the port and the service that wanted it.
+
+Nothing here is reachable from the network: SeaweedFS and MLflow bind loopback only, and
+the S3 gateway refuses requests not signed with the stack's key. Ray's GCS, raylet and
+workers bind every interface whatever ``--node-ip-address`` says, so the head runs with
+Ray's token authentication and a client without the stack's token is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from seedstory.config.infra import StackConfig
 from seedstory.stack.processes import PidRecord, StackError, port_in_use, read_pidfile, spawn, terminate, wait_until
+from seedstory.stack.secrets import StackSecrets, write_private
 from seedstory.storage import S3Settings, ensure_bucket
 
-# The local S3 server accepts any credentials; these only make the SDKs sign requests.
-LOCAL_ACCESS_KEY = "seedstory-local"
-LOCAL_SECRET_KEY = "seedstory-local-secret"
 LOCAL_REGION = "us-east-1"
 
+# SeaweedFS's internal servers, in the order they take ports from ``s3_internal_ports_from``.
+S3_INTERNAL_PORTS = (
+    "master", "volume", "filer", "admin",
+    "master gRPC", "volume gRPC", "filer gRPC", "S3 gRPC", "admin gRPC",
+)
 
-def _http_ok(url: str) -> bool:
+
+def _http_ok(url: str, headers: Mapping[str, str] | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        request = urllib.request.Request(url, headers=dict(headers or {}))
+        with urllib.request.urlopen(request, timeout=2) as response:
             return 200 <= response.status < 300
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
@@ -44,6 +56,7 @@ class Service:
     health_url: str
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    health_headers: dict[str, str] = field(default_factory=dict)
     after_start: Callable[[], None] | None = None
 
 
@@ -81,19 +94,28 @@ class LocalStack:
         digest = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
         return Path(tempfile.gettempdir()) / f"seedstory-ray-{digest}"
 
+    @cached_property
+    def secrets(self) -> StackSecrets:
+        return StackSecrets.load_or_create(self.state_dir / "secrets.json")
+
+    @property
+    def ray_auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secrets.ray_token}"}
+
     def client_env(self) -> dict[str, str]:
         """What a client (a job, a test, a shell) needs to reach this stack."""
         return {
             "AWS_ENDPOINT_URL": self.s3_url,
-            "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
+            "AWS_ACCESS_KEY_ID": self.secrets.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secrets.s3_secret_key,
             "AWS_REGION": LOCAL_REGION,
             "AWS_DEFAULT_REGION": LOCAL_REGION,
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
             "RAY_ADDRESS": self.ray_gcs_address,
             "RAY_API_SERVER_ADDRESS": self.ray_dashboard_url,
-            "RAY_AUTH_MODE": "disabled",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.secrets.ray_token,
             "RAY_USAGE_STATS_ENABLED": "0",
             "SEEDSTORY_BUCKET": self.bucket,
         }
@@ -113,12 +135,23 @@ class LocalStack:
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         env = {**os.environ, **self.client_env(), "PATH": path}
         del env["RAY_ADDRESS"]  # the head must start its own cluster, not join the one a client points at
+        internal = dict(zip(S3_INTERNAL_PORTS, range(c.s3_internal_ports_from, c.s3_internal_ports_from + 9)))
         s3 = Service(
             name="s3",
-            ports={"S3 API": c.s3_port},
+            ports={"S3 API": c.s3_port, **internal},
             url=self.s3_url,
-            health_url=f"{self.s3_url}/moto-api/",
-            command=[sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(c.s3_port)],
+            health_url=f"{self.s3_url}/healthz",
+            command=[
+                self._bin("weed"), "mini", f"-dir={self.state_dir / 's3'}",
+                f"-ip={self.host}", f"-ip.bind={self.host}", f"-s3.port={c.s3_port}",
+                f"-s3.config={self.s3_identities_file}", "-master.telemetry=false",
+                "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                f"-master.port={internal['master']}", f"-master.port.grpc={internal['master gRPC']}",
+                f"-volume.port={internal['volume']}", f"-volume.port.grpc={internal['volume gRPC']}",
+                f"-filer.port={internal['filer']}", f"-filer.port.grpc={internal['filer gRPC']}",
+                f"-admin.port={internal['admin']}", f"-admin.port.grpc={internal['admin gRPC']}",
+                f"-s3.port.grpc={internal['S3 gRPC']}",
+            ],
             env=env,
             after_start=lambda: ensure_bucket(self.bucket, S3Settings.from_env(self.client_env())),
         )
@@ -153,10 +186,11 @@ class LocalStack:
             },
             url=self.ray_dashboard_url,
             health_url=f"{self.ray_dashboard_url}/api/version",
+            health_headers=self.ray_auth_headers,
             command=ray_cmd,
             env=env,
             after_start=lambda: wait_until(
-                lambda: _http_ok(f"{self.ray_dashboard_url}/api/jobs/"),
+                lambda: _http_ok(f"{self.ray_dashboard_url}/api/jobs/", self.ray_auth_headers),
                 timeout_s=c.start_timeout_s, what="Ray job server",
             ),
         )
@@ -176,6 +210,7 @@ class LocalStack:
         """Start the services (``only`` a subset, in stack order) that are not already up."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._write_env_file()
+        self._write_s3_identities()
         for service in self.services():
             if only is not None and service.name not in only:
                 continue
@@ -191,7 +226,7 @@ class LocalStack:
             record = spawn(service.command, log=self._log(service.name), pidfile=self._pidfile(service.name),
                            env=service.env, cwd=self.state_dir)
             try:
-                wait_until(lambda s=service: _http_ok(s.health_url), timeout_s=self.config.start_timeout_s,
+                wait_until(lambda s=service: _http_ok(s.health_url, s.health_headers), timeout_s=self.config.start_timeout_s,
                            what=service.name, log=self._log(service.name), record=record)
                 if service.after_start:
                     service.after_start()
@@ -216,7 +251,7 @@ class LocalStack:
         for service in self.services():
             record = self.running(service.name)
             out[service.name] = {
-                "up": record is not None and _http_ok(service.health_url),
+                "up": record is not None and _http_ok(service.health_url, service.health_headers),
                 "pid": record.pid if record else None,
                 "url": service.url,
                 "log": str(self._log(service.name)),
@@ -228,10 +263,22 @@ class LocalStack:
         return self.state_dir / "env.sh"
 
     def _write_env_file(self) -> None:
-        """A shell file to ``source``; written 0600 since it holds the (local, dummy) credentials."""
+        """A shell file to ``source``; 0600 since it holds the stack's S3 key and Ray token."""
         lines = [f"export {key}={value}" for key, value in self.client_env().items()]
-        self.env_file.touch(mode=0o600, exist_ok=True)
-        self.env_file.write_text("\n".join(lines) + "\n")
+        write_private(self.env_file, "\n".join(lines) + "\n")
+
+    @property
+    def s3_identities_file(self) -> Path:
+        return self.state_dir / "s3-identities.json"
+
+    def _write_s3_identities(self) -> None:
+        """SeaweedFS's S3 identities: the stack's key may do everything, anyone else nothing."""
+        identity = {
+            "name": "seedstory",
+            "credentials": [{"accessKey": self.secrets.s3_access_key, "secretKey": self.secrets.s3_secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        write_private(self.s3_identities_file, json.dumps({"identities": [identity]}))
 
 
 def stack_from_env_file(path: Path) -> dict[str, str]:

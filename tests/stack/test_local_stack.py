@@ -1,10 +1,54 @@
+import ipaddress
+import os
 import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
 
+import boto3
 import psutil
 import pytest
+from botocore.exceptions import ClientError
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
 
 from seedstory.stack import LocalStack, StackError
+from seedstory.stack.local import S3_INTERNAL_PORTS
 from tests.conftest import free_stack_config
+
+
+def _listening(pids: set[int]) -> dict[int, list[str]]:
+    """The TCP addresses each process listens on."""
+    out: dict[int, list[str]] = {}
+    for pid in pids:
+        try:
+            sockets = psutil.Process(pid).net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+        out[pid] = [s.laddr.ip for s in sockets if s.status == psutil.CONN_LISTEN]
+    return out
+
+
+def _tree(pid: int) -> set[int]:
+    proc = psutil.Process(pid)
+    return {pid, *(p.pid for p in proc.children(recursive=True))}
+
+
+def _s3_client(stack: LocalStack, secret: str | None = None):
+    """A client with explicit credentials: boto3's default session keeps the first ones it read."""
+    env = stack.client_env()
+    return boto3.client("s3", endpoint_url=stack.s3_url, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=secret or env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_REGION"])
+
+
+def _status_code(url: str, headers: dict[str, str] | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def test_up_status_up_down_leaves_nothing(tmp_path):
@@ -15,16 +59,29 @@ def test_up_status_up_down_leaves_nothing(tmp_path):
         status = stack.status()
         assert all(s["up"] for s in status.values()), status
         pids = {name: s["pid"] for name, s in status.items()}
-        tree = set()
-        for pid in pids.values():
-            proc = psutil.Process(pid)
-            tree |= {pid, *(p.pid for p in proc.children(recursive=True))}
+        trees = {name: _tree(pid) for name, pid in pids.items()}
+        tree = set().union(*trees.values())
+
+        # Object store and MLflow listen on loopback only.
+        for name in ("s3", "mlflow"):
+            addresses = [ip for ips in _listening(trees[name]).values() for ip in ips]
+            assert addresses and all(ipaddress.ip_address(ip).is_loopback for ip in addresses), (name, addresses)
+        # Ray binds every interface, so it must refuse whoever lacks the stack's token.
+        assert _status_code(f"{stack.ray_dashboard_url}/api/jobs/") == 401
+        assert _status_code(f"{stack.ray_dashboard_url}/api/jobs/", stack.ray_auth_headers) == 200
+        without_token = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        attempt = subprocess.run(
+            [sys.executable, "-c", f"import ray; ray.init(address={stack.ray_gcs_address!r}); print('CONNECTED')"],
+            env={**without_token, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=120,
+        )
+        assert attempt.returncode != 0 and "CONNECTED" not in attempt.stdout, attempt.stdout
+        for name in ("secrets.json", "env.sh", "s3-identities.json"):
+            assert (tmp_path / "state" / name).stat().st_mode & 0o077 == 0, name
 
         messages.clear()
         stack.up(report=messages.append)
         assert all("already up" in m for m in messages), messages
         assert {name: s["pid"] for name, s in stack.status().items()} == pids
-        assert (tmp_path / "state" / "env.sh").stat().st_mode & 0o077 == 0
     finally:
         stack.down(report=lambda _: None)
     status = stack.status()
@@ -34,14 +91,54 @@ def test_up_status_up_down_leaves_nothing(tmp_path):
     assert not list((tmp_path / "state").glob("*.pid"))
 
 
-def test_taken_port_is_named(tmp_path):
+@pytest.mark.parametrize("label", ["S3 API", "filer gRPC"])
+def test_taken_port_is_named(tmp_path, label):
     config = free_stack_config(tmp_path / "state")
+    port = config.s3_port if label == "S3 API" else config.s3_internal_ports_from + S3_INTERNAL_PORTS.index(label)
     with socket.socket() as blocker:
-        blocker.bind((config.host, config.s3_port))
+        blocker.bind((config.host, port))
         blocker.listen()
-        with pytest.raises(StackError, match=rf"port {config.s3_port} \(s3 S3 API\).*already in use"):
+        with pytest.raises(StackError, match=rf"port {port} \(s3 {label}\).*already in use"):
             LocalStack(config).up(report=lambda _: None)
     assert not (tmp_path / "state" / "s3.pid").exists()
+
+
+def test_objects_runs_and_models_survive_a_restart(tmp_path, monkeypatch):
+    stack = LocalStack(free_stack_config(tmp_path / "state"), bucket="durable")
+    try:
+        stack.up(only=["s3", "mlflow"], report=lambda _: None)
+        for key, value in stack.client_env().items():
+            monkeypatch.setenv(key, value)
+        _s3_client(stack).put_object(Bucket="durable", Key="exports/model/weights.bin", Body=b"\x01" * 300_000)
+        client = MlflowClient(stack.mlflow_url)
+        experiment = client.create_experiment("restart")
+        run = client.create_run(experiment)
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "weights.txt").write_text("trained")
+        client.log_artifacts(run.info.run_id, str(tmp_path / "model"), "model")
+        client.create_registered_model("durable-model")
+        version = client.create_model_version("durable-model", f"runs:/{run.info.run_id}/model", run.info.run_id)
+
+        stack.down(report=lambda _: None)
+        stack.up(only=["s3", "mlflow"], report=lambda _: None)
+
+        body = _s3_client(stack).get_object(Bucket="durable", Key="exports/model/weights.bin")["Body"].read()
+        assert body == b"\x01" * 300_000
+        restored = MlflowClient(stack.mlflow_url).get_model_version("durable-model", version.version)
+        assert restored.run_id == run.info.run_id
+        local = download_artifacts(f"models:/durable-model/{version.version}", dst_path=str(tmp_path / "back"),
+                                   tracking_uri=stack.mlflow_url)
+        assert (Path(local) / "weights.txt").read_text() == "trained"
+    finally:
+        stack.down(report=lambda _: None)
+
+
+def test_object_store_refuses_strangers(s3):
+    _s3_client(s3).put_object(Bucket=s3.bucket, Key="private/secret.txt", Body=b"ours")
+    assert _status_code(f"{s3.s3_url}/{s3.bucket}/private/secret.txt") == 403
+    with pytest.raises(ClientError) as refused:
+        _s3_client(s3, secret="not-the-key").get_object(Bucket=s3.bucket, Key="private/secret.txt")
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
 def test_down_without_up_is_harmless(tmp_path):
