@@ -23,6 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray reads the mode when it is imported (the token only when it first connects): the session's
+# stack runs with token authentication, so this process must speak it before anything imports ray.
+os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def free_port_block(count: int) -> int:

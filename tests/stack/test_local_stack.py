@@ -12,7 +12,6 @@ import psutil
 import pytest
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
-from mlflow.artifacts import download_artifacts
 
 from seedstory.stack import LocalStack, StackError
 from seedstory.stack.local import S3_INTERNAL_PORTS
@@ -124,10 +123,10 @@ def test_objects_runs_and_models_survive_a_restart(tmp_path, monkeypatch):
 
         body = _s3_client(stack).get_object(Bucket="durable", Key="exports/model/weights.bin")["Body"].read()
         assert body == b"\x01" * 300_000
-        restored = MlflowClient(stack.mlflow_url).get_model_version("durable-model", version.version)
-        assert restored.run_id == run.info.run_id
-        local = download_artifacts(f"models:/durable-model/{version.version}", dst_path=str(tmp_path / "back"),
-                                   tracking_uri=stack.mlflow_url)
+        client = MlflowClient(stack.mlflow_url)
+        restored = client.get_model_version("durable-model", version.version)
+        assert (restored.run_id, restored.source) == (run.info.run_id, f"runs:/{run.info.run_id}/model")
+        local = client.download_artifacts(restored.run_id, "model", str(tmp_path / "back"))
         assert (Path(local) / "weights.txt").read_text() == "trained"
     finally:
         stack.down(report=lambda _: None)
