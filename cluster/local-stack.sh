@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The embedded local stack for a laptop or CI: moto S3, MLflow and a Ray head on 127.0.0.1.
+# The embedded local stack for a laptop or CI: SeaweedFS (S3), MLflow and a Ray head on 127.0.0.1.
 #   cluster/local-stack.sh up|down|status|env [--config tiny] [stack.s3_port=9500 ...]
 # State (PID files, logs, MLflow's SQLite store, Ray's session dir) lives in stack.state_dir (.stack).
 set -euo pipefail

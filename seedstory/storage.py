@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from urllib.parse import urlparse
 
 import fsspec
@@ -129,6 +130,27 @@ def write_bytes(uri: str, data: bytes) -> None:
     if not is_remote(uri):
         fs.makedirs(fs._parent(path), exist_ok=True)
     fs.pipe_file(path, data)
+
+
+def remove_file(uri: str) -> None:
+    """Delete one file if it is there."""
+    fs, path = filesystem_for(uri)
+    if fs.exists(path):
+        fs.rm_file(path)
+
+
+def upload_folder(folder: Path, uri: str, last: str | None = None) -> None:
+    """Copy every file under ``folder`` to ``uri`` (local or s3://), the file named ``last`` after all others.
+
+    An export's manifest goes last: a reader who finds it finds every part it vouches for.
+    """
+    fs, remote = filesystem_for(uri)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != last)
+    for file in [*files, *([folder / last] if last else [])]:
+        target = f"{remote}/{file.relative_to(folder).as_posix()}"
+        if not is_remote(uri):
+            fs.makedirs(fs._parent(target), exist_ok=True)
+        fs.put_file(str(file), target)
 
 
 def ensure_bucket(bucket: str, settings: S3Settings | None = None) -> None:

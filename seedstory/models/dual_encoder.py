@@ -147,15 +147,6 @@ def retrieval_top1(model: DualEncoder, vit_pixels: torch.Tensor, input_ids: torc
     return hits / len(keep), count
 
 
-def _upload(folder: Path, uri: str) -> None:
-    fs, remote = storage.filesystem_for(uri)
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        target = f"{remote}/{file.relative_to(folder).as_posix()}"
-        if not storage.is_remote(uri):
-            fs.makedirs(fs._parent(target), exist_ok=True)
-        fs.put_file(str(file), target)
-
-
 def export_text_encoder(text: TextEncoder, config: ModelConfig, uri: str) -> None:
     """``uri``/model.safetensors + seedstory.json (the model config and vocabulary size)."""
     manifest = {"component": TEXT_ENCODER, "model": config.model_dump(mode="json"),
@@ -164,13 +155,14 @@ def export_text_encoder(text: TextEncoder, config: ModelConfig, uri: str) -> Non
         folder = Path(staging)
         save_file({name: t.detach().contiguous() for name, t in text.state_dict().items()}, str(folder / TENSORS))
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _upload(folder, uri)
+        storage.remove_file(storage.join(uri, MANIFEST))
+        storage.upload_folder(folder, uri, last=MANIFEST)
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, uri: str) -> None:
     with tempfile.TemporaryDirectory(prefix="seedstory-tokenizer-") as staging:
         tokenizer.save_pretrained(staging)
-        _upload(Path(staging), uri)
+        storage.upload_folder(Path(staging), uri)
 
 
 def export_dual_encoder(model: DualEncoder, config: ModelConfig, uri: str, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -42,6 +42,7 @@ from seedstory.models.weights import (
     QWEN_VISUAL_PREFIX, WeightsError, check_tensors, load_diffusers_weights, load_llm_weights, load_module_tensors,
     local_copy, read_tensors,
 )
+from seedstory import storage
 from seedstory.storage import filesystem_for, is_remote
 
 MANIFEST = "seedstory.json"
@@ -49,7 +50,12 @@ MANIFEST = "seedstory.json"
 
 @contextmanager
 def _writable(uri: str) -> Iterator[Path]:
-    """A local folder to write into; uploaded to ``uri`` afterwards when it is remote."""
+    """A local folder to write into, published at ``uri`` with its manifest last.
+
+    A manifest already at ``uri`` is removed first: until the new one lands, the folder reads as
+    incomplete, so neither a loader nor the registry takes a half-replaced export.
+    """
+    storage.remove_file(storage.join(uri, MANIFEST))
     if not is_remote(uri):
         path = Path(uri)
         path.mkdir(parents=True, exist_ok=True)
@@ -57,9 +63,7 @@ def _writable(uri: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="seedstory-export-") as staging:
         yield Path(staging)
-        fs, remote = filesystem_for(uri)
-        for file in sorted(p for p in Path(staging).rglob("*") if p.is_file()):
-            fs.put_file(str(file), f"{remote}/{file.relative_to(staging).as_posix()}")
+        storage.upload_folder(Path(staging), uri, last=MANIFEST)
 
 
 def _save_module(module: nn.Module, path: Path) -> None:

@@ -1,13 +1,14 @@
 """Real weights from local or ``s3://`` folders, checked tensor by tensor.
 
-Remote folders are downloaded once into a local cache (``SEEDSTORY_WEIGHTS_CACHE``, default
-``~/.cache/seedstory/weights``) because transformers, diffusers and peft read local folders.
+Remote folders are downloaded once per version into a local cache (``SEEDSTORY_WEIGHTS_CACHE``,
+default ``~/.cache/seedstory/weights``) because transformers, diffusers and peft read local folders.
 A load fails with ``WeightsError`` naming every missing, unexpected or mis-shaped tensor and
 every config field that disagrees with the preset: a half-loaded model never runs silently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from seedstory.storage import filesystem_for, is_remote, strip_scheme
 from seedstory.tokenizer import add_image_tokens, image_token_ids
 
 CACHE_ENV = "SEEDSTORY_WEIGHTS_CACHE"
+COMPLETE = ".seedstory-complete"
 QWEN_VISUAL_PREFIX = "transformer.visual."
 LLAMA_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads")
@@ -40,31 +42,40 @@ def cache_root() -> Path:
 
 
 def local_copy(uri: str) -> Path:
-    """A local path holding ``uri`` (a file or folder); ``s3://`` content is downloaded, unchanged files kept."""
+    """A local path holding ``uri`` (a file or folder); ``s3://`` content is downloaded once per version.
+
+    The cache keys on content: each version of a remote folder (its files' names, sizes and ETags)
+    gets its own snapshot folder, so a re-export with the same shapes is never served stale.
+    """
     if not is_remote(uri):
         path = Path(strip_scheme(uri))
         if not path.exists():
             raise FileNotFoundError(f"weights not found: {uri}")
         return path
     fs, remote = filesystem_for(uri)
-    target = cache_root() / remote
-    if fs.isfile(remote):
-        files = {remote: fs.info(remote)["size"]}
-        target_of = {remote: target}
+    fs.invalidate_cache(remote)
+    single_file = fs.isfile(remote)
+    if single_file:
+        listing = {Path(remote).name: fs.info(remote)}
+        sources = {Path(remote).name: remote}
     else:
-        files = {path: info["size"] for path, info in fs.find(remote, detail=True).items()}
-        if not files:
+        found = fs.find(remote, detail=True)
+        if not found:
             raise FileNotFoundError(f"weights not found: {uri}")
-        target_of = {path: target / Path(path).relative_to(remote) for path in files}
-    for path, size in files.items():
-        local = target_of[path]
-        if local.is_file() and local.stat().st_size == size:
-            continue
-        local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(f"{local.name}.{os.getpid()}.partial")  # workers on one node share the cache
-        fs.get_file(path, str(partial))
-        partial.replace(local)
-    return target
+        listing = {Path(path).relative_to(remote).as_posix(): info for path, info in found.items()}
+        sources = {Path(path).relative_to(remote).as_posix(): path for path in found}
+    version = hashlib.sha256(json.dumps(
+        sorted((name, info["size"], info["ETag"]) for name, info in listing.items())).encode()).hexdigest()[:16]
+    snapshot = cache_root() / remote / version
+    if not (snapshot / COMPLETE).is_file():
+        for name, source in sources.items():
+            local = snapshot / name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            partial = local.with_name(f"{local.name}.{os.getpid()}.partial")  # workers on one node share the cache
+            fs.get_file(source, str(partial))
+            partial.replace(local)
+        (snapshot / COMPLETE).touch()
+    return snapshot / Path(remote).name if single_file else snapshot
 
 
 def _names(names: list[str], limit: int = 8) -> str:

@@ -60,13 +60,6 @@ def read_manifest(uri: str) -> dict | None:
     return json.loads(fs.cat_file(path)) if fs.exists(path) else None
 
 
-def remove_manifest(uri: str) -> None:
-    """Mark the folder incomplete before its parts are replaced."""
-    fs, path = storage.filesystem_for(storage.join(uri, MANIFEST))
-    if fs.exists(path):
-        fs.rm_file(path)
-
-
 def tiny_model(config: SeedStoryConfig) -> ModelConfig:
     """The tiny model config with every weight location unset (the base folder is where they will be)."""
     if config.model.preset != "tiny":
@@ -120,19 +113,9 @@ def write_tiny_base(config: SeedStoryConfig, uri: str, seed: int = 0, overwrite:
         if pretrained:
             manifest["pretrained"] = {"evaluation": pretrained.evaluation, "runs": pretrained.runs}
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        remove_manifest(uri)
-        _upload(folder, uri, last=MANIFEST)  # base.json last: its presence means complete
+        storage.remove_file(storage.join(uri, MANIFEST))
+        storage.upload_folder(folder, uri, last=MANIFEST)  # base.json last: its presence means complete
     return manifest
-
-
-def _upload(folder: Path, uri: str, last: str | None = None) -> None:
-    fs, remote = storage.filesystem_for(uri)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != last)
-    for file in [*files, *([folder / last] if last else [])]:
-        target = f"{remote}/{file.relative_to(folder).as_posix()}"
-        if not storage.is_remote(uri):
-            fs.makedirs(fs._parent(target), exist_ok=True)
-        fs.put_file(str(file), target)
 
 
 def with_base_weights(config: SeedStoryConfig) -> SeedStoryConfig:

@@ -25,7 +25,7 @@ from seedstory.models.dual_encoder import load_dual_encoder, save_tokenizer
 from seedstory.models.mllm import build_llm
 from seedstory.training.base_eval import caption_retrieval, text_scores, vae_coherence, verdicts
 from seedstory.training.base_weights import (
-    PARTS, BaseWeightsError, PretrainedBases, base_shapes, read_manifest, remove_manifest, tiny_model, tiny_tokenizer,
+    MANIFEST, PARTS, BaseWeightsError, PretrainedBases, base_shapes, read_manifest, tiny_model, tiny_tokenizer,
     write_tiny_base,
 )
 from seedstory.training.run import StageRun, start_stage
@@ -77,7 +77,7 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
 
     tokenizer = tiny_tokenizer(config)
     tokenizer_uri = storage.join(uri, PARTS["tokenizer"])
-    remove_manifest(uri)  # the folder is incomplete until the new base.json
+    storage.remove_file(storage.join(uri, MANIFEST))  # the folder is incomplete until the new base.json
     save_tokenizer(tokenizer, tokenizer_uri)
     stages = config.model_copy(deep=True)
     stages.train.base_weights = None  # the stages make the bases instead of reading them

@@ -16,8 +16,15 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
+from seedstory import storage
+from seedstory.models.export import MANIFEST
+
 CANDIDATE = "candidate"
 MODEL_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+class IncompleteExportError(RuntimeError):
+    """An export folder without its manifest: interrupted, or still being written."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,14 @@ def resolve_source(client: MlflowClient, reference: str) -> ResolvedSource:
 
 def register_export(client: MlflowClient, name: str, uri: str, run_id: str, tags: dict[str, str] | None = None,
                     alias: str = CANDIDATE) -> ModelVersion:
-    """A new version of ``name`` whose source is the export folder ``uri``; ``alias`` moves to it."""
+    """A new version of ``name`` whose source is the export folder ``uri``; ``alias`` moves to it.
+
+    A folder without its manifest (an export that never finished) is refused.
+    """
+    fs, manifest = storage.filesystem_for(storage.join(uri, MANIFEST))
+    fs.invalidate_cache(manifest)
+    if not fs.exists(manifest):
+        raise IncompleteExportError(f"{uri} holds no {MANIFEST}: the export did not finish, so it is not registered")
     try:
         client.create_registered_model(name)
     except MlflowException as err:

@@ -18,6 +18,7 @@ from seedstory.models.lora import attach_lora
 from seedstory.models.mllm import build_mllm
 from seedstory.models.vit import build_vit
 from seedstory.models.weights import WeightsError
+from seedstory.storage import filesystem_for
 
 
 def perturb(module: torch.nn.Module, seed: int) -> None:
@@ -163,3 +164,41 @@ def test_llm_folder_with_other_shape_is_rejected_by_field(exported, tiny):
     config_file.write_text(json.dumps(config))
     with pytest.raises(WeightsError, match=r"num_hidden_layers=3 \(preset: 2\)"):
         load_mllm(str(exported))
+
+
+def test_interrupted_export_is_neither_complete_nor_registered(s3, mlflow_server, tiny, tmp_path, weights_cache,
+                                                               monkeypatch):
+    """A re-export that dies while uploading the UNet leaves a folder no loader and no registry takes."""
+    from mlflow import MlflowClient
+
+    from seedstory.training.registry import IncompleteExportError, register_export
+
+    root = f"s3://{s3.bucket}/models-test/{tmp_path.name}"
+    torch.manual_seed(0)
+    detokenizer = build_detokenizer(tiny)
+    export_vae(detokenizer.vae, base_uri(root, "vae"))
+    detokenizer.config = tiny.model_copy(update={"vae": tiny.vae.model_copy(update={"weights": base_uri(root, "vae")})})
+    export_detokenizer(detokenizer, base_uri(root, "detok"))
+    load_detokenizer(base_uri(root, "detok"))
+
+    s3fs_class = type(filesystem_for(root)[0])
+    put_file = s3fs_class.put_file
+
+    def dies_in_the_unet(self, local, remote, *args, **kwargs):
+        if "/unet/" in remote:
+            raise ConnectionError("upload interrupted")
+        return put_file(self, local, remote, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs_class, "put_file", dies_in_the_unet)
+    perturb(detokenizer.unet, seed=4)
+    with pytest.raises(ConnectionError, match="upload interrupted"):
+        export_detokenizer(detokenizer, base_uri(root, "detok"))
+    monkeypatch.setattr(s3fs_class, "put_file", put_file)
+
+    with pytest.raises(WeightsError, match=r"no seedstory\.json"):
+        load_detokenizer(base_uri(root, "detok"))
+    client = MlflowClient()
+    run = client.create_run(client.create_experiment(f"interrupted-{tmp_path.name}"))
+    with pytest.raises(IncompleteExportError, match="did not finish"):
+        register_export(client, f"interrupted-{tmp_path.name}", base_uri(root, "detok"), run.info.run_id)
+    assert client.search_registered_models(f"name = 'interrupted-{tmp_path.name}'") == []

@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -6,8 +9,9 @@ from safetensors.torch import save_file
 
 from seedstory.models.vit import build_vit
 from seedstory.models.weights import WeightsError, check_tensors, load_tokenizer, local_copy, read_tensors
-from seedstory.storage import write_bytes
+from seedstory.storage import read_bytes, write_bytes
 from seedstory.tokenizer import build_tiny_tokenizer, image_token_ids
+from tests.conftest import REPO_ROOT
 
 
 def test_check_tensors_names_every_problem():
@@ -65,6 +69,29 @@ def test_s3_folder_is_cached_and_refreshed(s3, tmp_path, monkeypatch):
     assert (local_copy(uri) / "sub" / "part.bin").read_bytes() == b"1234567"
     with pytest.raises(FileNotFoundError, match="weights not found"):
         local_copy(f"s3://{s3.bucket}/weights-test/absent")
+
+
+def test_same_shape_reexport_is_never_served_stale(s3, tmp_path, monkeypatch):
+    """``init_base_weights --overwrite --seed 1`` over seed 0: every file keeps its size, the cache must still refresh."""
+    monkeypatch.setenv("SEEDSTORY_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    base = f"s3://{s3.bucket}/weights-test/{tmp_path.name}"
+
+    def init(*args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "jobs/init_base_weights.py", "--config", "tiny", *args, f"train.base_weights={base}"],
+            cwd=REPO_ROOT, env=os.environ, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    init()
+    first = read_tensors(local_copy(f"{base}/vit.safetensors"))
+    first_llm = (local_copy(f"{base}/llm") / "model.safetensors").read_bytes()
+    init("--overwrite", "--seed", "1")
+    second = read_tensors(local_copy(f"{base}/vit.safetensors"))
+    second_llm = (local_copy(f"{base}/llm") / "model.safetensors").read_bytes()
+
+    assert first.keys() == second.keys() and len(first_llm) == len(second_llm)
+    assert any(not torch.equal(first[name], second[name]) for name in first) and first_llm != second_llm
+    assert second_llm == read_bytes(f"{base}/llm/model.safetensors")
 
 
 def test_tokenizer_folder_is_extended_with_image_tokens(tmp_path, tokenizer, tiny):
