@@ -140,13 +140,13 @@ def remove_file(uri: str) -> None:
 
 
 def upload_folder(folder: Path, uri: str, last: str | None = None) -> None:
-    """Copy every file under ``folder`` to ``uri`` (local or s3://), the file named ``last`` after all others.
+    """Copy every file under ``folder`` to ``uri`` (local or s3://); ``last``, when there, after all others.
 
     An export's manifest goes last: a reader who finds it finds every part it vouches for.
     """
     fs, remote = filesystem_for(uri)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != last)
-    for file in [*files, *([folder / last] if last else [])]:
+    for file in [*files, *([folder / last] if last and (folder / last).is_file() else [])]:
         target = f"{remote}/{file.relative_to(folder).as_posix()}"
         if not is_remote(uri):
             fs.makedirs(fs._parent(target), exist_ok=True)

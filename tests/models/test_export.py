@@ -181,19 +181,18 @@ def test_interrupted_export_is_neither_complete_nor_registered(s3, mlflow_server
     export_detokenizer(detokenizer, base_uri(root, "detok"))
     load_detokenizer(base_uri(root, "detok"))
 
-    s3fs_class = type(filesystem_for(root)[0])
-    put_file = s3fs_class.put_file
+    fs = filesystem_for(root)[0]  # the cached client every export to this store goes through
+    put_file = fs.put_file
 
-    def dies_in_the_unet(self, local, remote, *args, **kwargs):
+    def dies_in_the_unet(local, remote, *args, **kwargs):
         if "/unet/" in remote:
             raise ConnectionError("upload interrupted")
-        return put_file(self, local, remote, *args, **kwargs)
+        return put_file(local, remote, *args, **kwargs)
 
-    monkeypatch.setattr(s3fs_class, "put_file", dies_in_the_unet)
     perturb(detokenizer.unet, seed=4)
-    with pytest.raises(ConnectionError, match="upload interrupted"):
+    with monkeypatch.context() as patch, pytest.raises(ConnectionError, match="upload interrupted"):
+        patch.setattr(fs, "put_file", dies_in_the_unet)
         export_detokenizer(detokenizer, base_uri(root, "detok"))
-    monkeypatch.setattr(s3fs_class, "put_file", put_file)
 
     with pytest.raises(WeightsError, match=r"no seedstory\.json"):
         load_detokenizer(base_uri(root, "detok"))

@@ -7,6 +7,8 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
+from seedstory.models.export import MANIFEST
+from seedstory.storage import write_bytes
 from seedstory.training.registry import register_export, resolve_source
 
 
@@ -21,9 +23,16 @@ def _run(client: MlflowClient) -> str:
     return client.create_run(experiment.experiment_id).info.run_id
 
 
+def _finished_export(uri: str) -> str:
+    write_bytes(f"{uri}/{MANIFEST}", b"{}")
+    return uri
+
+
 def test_candidate_moves_to_the_newest_version_and_resolves_with_its_lineage(client, s3):
     name = f"registry-test-{uuid.uuid4().hex[:6]}"
     first_run, second_run = _run(client), _run(client)
+    _finished_export(f"s3://{s3.bucket}/exports/a")
+    _finished_export(f"s3://{s3.bucket}/exports/b")
     register_export(client, name, f"s3://{s3.bucket}/exports/a", first_run)
     second = register_export(client, name, f"s3://{s3.bucket}/exports/b", second_run, tags={"seedstory.stage": "x"})
     assert second.version == "2"
