@@ -1,7 +1,7 @@
 """The token contract shared by data, models and generation.
 
-An image inside text is ``<img>`` + N image tokens ``<img_00000>`` ... + ``</img>`` (DESIGN.md,
-"Shapes"). Each of those is one special token, so its id is stable and never split. The tiny
+An image inside text is ``<img>`` + N image tokens ``<img_00000>`` ... + ``</img>``.
+Each of those is one special token, so its id is stable and never split. The tiny
 preset trains a byte-level BPE tokenizer offline on toy-world captions; the paper preset extends
 the real LLaMA-2 tokenizer with the same tokens (32000 + 2 + 64).
 """

@@ -8,7 +8,7 @@ from seedstory.config.base import Section
 
 
 class AttentionSinkConfig(Section):
-    """The KV cache of the story loop (DESIGN.md, multimodal attention sink).
+    """The KV cache of the story loop (the multimodal attention sink and its alternatives).
 
     Anchor defaults follow the paper's appendix D (Table 5): BOI..IMG04 and IMG56..IMG63, EOI
     receive the attention, i.e. [BOI, BOI+5] and [EOI-8, EOI].

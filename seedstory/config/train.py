@@ -46,7 +46,7 @@ class StageConfig(Section):
 
 
 class TrainConfig(Section):
-    """The three stages of DESIGN.md's table."""
+    """The three training stages of the paper, each with its own settings."""
 
     run_name: str | None = Field(
         None, description="names each stage's Ray Train run <run_name>-<stage>; re-submitting with the same "

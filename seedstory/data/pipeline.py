@@ -237,7 +237,7 @@ def split_jsonl(config: SeedStoryConfig, split: Split) -> list[str]:
 def stage_dataset(stage: Stage, config: SeedStoryConfig, split: Split = "train",
                   tokenizer: PreTrainedTokenizerBase | None = None,
                   passes: int | None = None) -> tuple[ray.data.Dataset, DataReport]:
-    """The samples of one training stage (DESIGN.md table) for ``split`` of ``config.data``.
+    """The samples of one training stage for ``split`` of ``config.data``.
 
     ``train``: ``passes`` shuffled passes with fresh windows (default: enough for ``max_steps``);
     ``val``/``test``: one pass in file order with the windows of pass 0.

@@ -1,6 +1,6 @@
 """Which absolute positions a KV cache keeps after ``seen`` tokens: the eviction policy, nothing else.
 
-Kept set for ``mm-sink`` (DESIGN.md, issue 6): positions ``[0, S)``; for each *anchored* image, and
+Kept set for ``mm-sink`` (the multimodal attention sink): positions ``[0, S)``; for each *anchored* image, and
 only the ``max_anchored_images`` most recent of those, the inclusive ranges
 ``[boi - boi_before, boi + boi_after]`` and ``[eoi - eoi_before, eoi + eoi_after]``; and the last ``W``
 positions. An image is anchored once its earliest anchor position has left the window. With the

@@ -1,6 +1,6 @@
 """The SEED-Story MLLM: a LLaMA decoder with image features in and out through resamplers.
 
-Sequence contract (DESIGN.md "Shapes"): an image is ``<img>`` + the N image tokens
+Sequence contract: an image is ``<img>`` + the N image tokens
 ``<img_00000>`` ... in order + ``</img>``. A *context* image's N token embeddings are replaced
 by the input resampler's N vectors; a *target* image keeps the learned embeddings of its
 image tokens (the learnable queries), and the last hidden states at those N positions go

@@ -1,4 +1,4 @@
-"""The three SEED-Story training stages (DESIGN.md stage table), one recipe module each, and the
+"""The three SEED-Story training stages, one recipe module each, and the
 tiny preset's base pretraining (``tiny_bases``: VAE, ViT and LLM, run by ``seedstory.training.bases``)."""
 
 from __future__ import annotations

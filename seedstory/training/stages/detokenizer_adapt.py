@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from functools import cached_property
 
-import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
@@ -19,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from seedstory import storage
 from seedstory.config import SeedStoryConfig
 from seedstory.data.pipeline import WindowCollate
-from seedstory.models import stages
+from seedstory.models import freezing
 from seedstory.models.detokenizer import Detokenizer
 from seedstory.models.export import export_detokenizer, load_detokenizer, load_mllm
 from seedstory.models.losses import weighted_total
@@ -64,7 +63,7 @@ class DetokenizerAdapt(SeedStoryStage):
         vit = build_vit(self.config.model)
         mllm, _ = load_mllm(self.sources["mllm"])
         detokenizer = load_detokenizer(self.sources["detokenizer"])
-        stages.detokenizer_adapt(vit, mllm, detokenizer)
+        freezing.detokenizer_adapt(vit, mllm, detokenizer)
         return DetokenizerAdaptModel(vit, mllm.eval(), detokenizer)
 
     def collate(self) -> NumpyBatchCollateFn:

@@ -13,7 +13,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 
 from seedstory.config.model import LossConfig
-from seedstory.models import stages
+from seedstory.models import freezing
 from seedstory.models.detokenizer import Detokenizer, build_detokenizer
 from seedstory.models.export import export_detokenizer
 from seedstory.models.losses import weighted_total
@@ -47,7 +47,7 @@ class DetokenizerPretrain(SeedStoryStage):
     def build(self) -> nn.Module:
         model = self.config.model
         vit, detokenizer = build_vit(model), build_detokenizer(model)
-        stages.detokenizer_pretrain(vit, detokenizer)
+        freezing.detokenizer_pretrain(vit, detokenizer)
         return DetokenizerPretrainModel(vit, detokenizer, model.loss)
 
     def collate(self) -> NumpyBatchCollateFn:

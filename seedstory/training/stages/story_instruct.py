@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from functools import cached_property
 
-import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
@@ -17,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
 from seedstory.data.pipeline import WindowCollate
-from seedstory.models import stages
+from seedstory.models import freezing
 from seedstory.models.export import export_mllm
 from seedstory.models.lora import attach_lora
 from seedstory.models.mllm import SeedStoryMLLM, build_mllm
@@ -54,7 +53,7 @@ class StoryInstruct(SeedStoryStage):
         model = self.config.model
         vit = build_vit(model)
         mllm = attach_lora(build_mllm(model, image_token_ids(self._tokenizer, model.image_tokens)), model.lora)
-        stages.story_instruct(vit, mllm)
+        freezing.story_instruct(vit, mllm)
         return StoryInstructModel(vit, mllm)
 
     def collate(self) -> NumpyBatchCollateFn:

@@ -1,4 +1,4 @@
-"""What each training stage trains and freezes (DESIGN.md stage table), one function per stage.
+"""What each training stage trains and freezes (the paper's three stages), one function per stage.
 
 Each function sets ``requires_grad`` on the components it is given and returns the trainable
 parameters by qualified name (``<component>.<parameter>``), ready for an optimizer.

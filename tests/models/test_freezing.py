@@ -1,9 +1,9 @@
-"""The per-stage trainable sets against DESIGN.md's stage table, and one backward pass through each."""
+"""What each stage trains (and what it freezes), and one backward pass through each."""
 
 import pytest
 import torch
 
-from seedstory.models import stages
+from seedstory.models import freezing
 from seedstory.models.detokenizer import build_detokenizer
 from seedstory.models.lora import attach_lora
 from seedstory.models.mllm import build_mllm
@@ -41,7 +41,7 @@ def vit_features(vit, config, batch=2):
 
 def test_stage1_trains_adapter_and_unet(models, tiny):
     vit, _, detokenizer = models
-    trainable = stages.detokenizer_pretrain(vit, detokenizer)
+    trainable = freezing.detokenizer_pretrain(vit, detokenizer)
     assert components_of(trainable) == {"condition_adapter", "unet"}
     assert len(trainable) == sum(1 for _ in detokenizer.adapter.parameters()) + sum(1 for _ in detokenizer.unet.parameters())
     detokenizer.loss(pixels(tiny), vit_features(vit, tiny)).backward()
@@ -51,10 +51,10 @@ def test_stage1_trains_adapter_and_unet(models, tiny):
 def test_stage2_trains_lora_new_tokens_norms_and_resamplers(models, story_batch, tiny):
     vit, mllm, _ = models
     attach_lora(mllm, tiny.lora)
-    trainable = stages.story_instruct(vit, mllm)
+    trainable = freezing.story_instruct(vit, mllm)
     assert components_of(trainable) == {"llm", "input_resampler", "output_resampler"}
     llm_names = [name for name in trainable if name.startswith("llm.")]
-    assert all(stages.is_adapter_parameter(name) for name in llm_names)
+    assert all(freezing.is_adapter_parameter(name) for name in llm_names)
     kinds = {kind for name in llm_names for kind in ("lora_A", "lora_B", "trainable_tokens_delta", "modules_to_save")
              if f".{kind}." in name}
     assert kinds == {"lora_A", "lora_B", "trainable_tokens_delta", "modules_to_save"}
@@ -70,12 +70,12 @@ def test_stage2_trains_lora_new_tokens_norms_and_resamplers(models, story_batch,
 def test_stage2_requires_lora(models):
     vit, mllm, _ = models
     with pytest.raises(ValueError, match="attach_lora"):
-        stages.story_instruct(vit, mllm)
+        freezing.story_instruct(vit, mllm)
 
 
 def test_stage3_trains_unet_and_adapter_on_regressed_features(models, story_batch, tiny):
     vit, mllm, detokenizer = models
-    trainable = stages.detokenizer_adapt(vit, mllm, detokenizer)
+    trainable = freezing.detokenizer_adapt(vit, mllm, detokenizer)
     assert components_of(trainable) == {"condition_adapter", "unet"}
     with torch.no_grad():
         regressed = mllm(**story_batch).regressed
