@@ -66,7 +66,7 @@ def local_copy(uri: str) -> Path:
         sources = {Path(path).relative_to(remote).as_posix(): path for path in found}
     version = hashlib.sha256(json.dumps(
         sorted((name, info["size"], info["ETag"]) for name, info in listing.items())).encode()).hexdigest()[:16]
-    snapshot = cache_root() / remote / version
+    snapshot = cache_root() / "snapshots" / remote / version
     if not (snapshot / COMPLETE).is_file():
         for name, source in sources.items():
             local = snapshot / name
