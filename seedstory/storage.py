@@ -139,14 +139,18 @@ def remove_file(uri: str) -> None:
         fs.rm_file(path)
 
 
-def upload_folder(folder: Path, uri: str, last: str | None = None) -> None:
-    """Copy every file under ``folder`` to ``uri`` (local or s3://); ``last``, when there, after all others.
+def upload_folder(folder: Path, uri: str, manifest: str | None = None) -> None:
+    """Copy every file under ``folder`` to ``uri`` (local or s3://), publishing ``manifest`` atomically.
 
-    An export's manifest goes last: a reader who finds it finds every part it vouches for.
+    The manifest already at ``uri`` is removed before anything is copied and the new one (when the
+    folder has one) goes after every other file: a reader who finds a manifest finds every part it
+    vouches for, and a copy that dies half-way leaves none.
     """
     fs, remote = filesystem_for(uri)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != last)
-    for file in [*files, *([folder / last] if last and (folder / last).is_file() else [])]:
+    if manifest:
+        remove_file(join(uri, manifest))
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != manifest)
+    for file in [*files, *([folder / manifest] if manifest and (folder / manifest).is_file() else [])]:
         target = f"{remote}/{file.relative_to(folder).as_posix()}"
         if not is_remote(uri):
             fs.makedirs(fs._parent(target), exist_ok=True)

@@ -155,8 +155,7 @@ def export_text_encoder(text: TextEncoder, config: ModelConfig, uri: str) -> Non
         folder = Path(staging)
         save_file({name: t.detach().contiguous() for name, t in text.state_dict().items()}, str(folder / TENSORS))
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        storage.remove_file(storage.join(uri, MANIFEST))
-        storage.upload_folder(folder, uri, last=MANIFEST)
+        storage.upload_folder(folder, uri, manifest=MANIFEST)
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, uri: str) -> None:

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from seedstory import storage
 from seedstory.config.model import ModelConfig
 from seedstory.models.detokenizer import ConditionAdapter, Detokenizer, build_vae, unet_config
 from seedstory.models.mllm import (
@@ -42,7 +43,6 @@ from seedstory.models.weights import (
     QWEN_VISUAL_PREFIX, WeightsError, check_tensors, load_diffusers_weights, load_llm_weights, load_module_tensors,
     local_copy, read_tensors,
 )
-from seedstory import storage
 from seedstory.storage import filesystem_for, is_remote
 
 MANIFEST = "seedstory.json"
@@ -52,18 +52,18 @@ MANIFEST = "seedstory.json"
 def _writable(uri: str) -> Iterator[Path]:
     """A local folder to write into, published at ``uri`` with its manifest last.
 
-    A manifest already at ``uri`` is removed first: until the new one lands, the folder reads as
-    incomplete, so neither a loader nor the registry takes a half-replaced export.
+    A manifest already at ``uri`` is removed before any part is replaced: until the new one lands,
+    the folder reads as incomplete, so neither a loader nor the registry takes a half-replaced export.
     """
-    storage.remove_file(storage.join(uri, MANIFEST))
     if not is_remote(uri):
+        storage.remove_file(storage.join(uri, MANIFEST))
         path = Path(uri)
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="seedstory-export-") as staging:
         yield Path(staging)
-        storage.upload_folder(Path(staging), uri, last=MANIFEST)
+        storage.upload_folder(Path(staging), uri, manifest=MANIFEST)
 
 
 def _save_module(module: nn.Module, path: Path) -> None:

@@ -54,21 +54,19 @@ def local_copy(uri: str) -> Path:
         return path
     fs, remote = filesystem_for(uri)
     fs.invalidate_cache(remote)
-    single_file = fs.isfile(remote)
-    if single_file:
-        listing = {Path(remote).name: fs.info(remote)}
-        sources = {Path(remote).name: remote}
-    else:
-        found = fs.find(remote, detail=True)
-        if not found:
-            raise FileNotFoundError(f"weights not found: {uri}")
-        listing = {Path(path).relative_to(remote).as_posix(): info for path, info in found.items()}
-        sources = {Path(path).relative_to(remote).as_posix(): path for path in found}
+    try:
+        info = fs.info(remote)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"weights not found: {uri}") from None
+    single_file = info["type"] == "file"
+    found = {remote: info} if single_file else fs.find(remote, detail=True)
+    base = Path(remote).parent if single_file else Path(remote)
+    files = {Path(path).relative_to(base).as_posix(): (path, info) for path, info in found.items()}
     version = hashlib.sha256(json.dumps(
-        sorted((name, info["size"], info["ETag"]) for name, info in listing.items())).encode()).hexdigest()[:16]
+        sorted((name, info["size"], info["ETag"]) for name, (_, info) in files.items())).encode()).hexdigest()[:16]
     snapshot = cache_root() / "snapshots" / remote / version
     if not (snapshot / COMPLETE).is_file():
-        for name, source in sources.items():
+        for name, (source, _) in files.items():
             local = snapshot / name
             local.parent.mkdir(parents=True, exist_ok=True)
             partial = local.with_name(f"{local.name}.{os.getpid()}.partial")  # workers on one node share the cache

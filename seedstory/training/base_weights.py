@@ -113,8 +113,7 @@ def write_tiny_base(config: SeedStoryConfig, uri: str, seed: int = 0, overwrite:
         if pretrained:
             manifest["pretrained"] = {"evaluation": pretrained.evaluation, "runs": pretrained.runs}
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        storage.remove_file(storage.join(uri, MANIFEST))
-        storage.upload_folder(folder, uri, last=MANIFEST)  # base.json last: its presence means complete
+        storage.upload_folder(folder, uri, manifest=MANIFEST)
     return manifest
 
 
