@@ -22,7 +22,7 @@ export HF_HUB_OFFLINE := 1
 STACK := $(BIN)/seedstory stack
 STACK_ARGS := --config $(CONFIG) stack.state_dir=$(STATE_DIR) $(OVERRIDES)
 
-.PHONY: help env demo test browser serve serve-down stack-up stack-down stack-status clean
+.PHONY: help env demo test test-tools serve serve-down stack-up stack-down stack-status clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -74,17 +74,23 @@ demo: stack-up  ## toy world, pretrained bases, the three stages (each a `ray jo
 		"  The story:      file://$(abspath $(DEMO_STORY))/index.html  (written by the models above)" \
 		"  Stop the stack: make stack-down"
 
-test: $(STAMP) browser  ## run the whole test suite (starts and stops its own stack)
+test: $(STAMP) test-tools  ## run the whole test suite (starts and stops its own stack)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The storybook page is tested in Debian's chromium; install it where we can, say so where we cannot.
-browser:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "==> apt-get install chromium chromium-driver (for the storybook page test)"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
-			|| echo "note: could not install chromium; the storybook page test will be skipped"; \
-	else echo "note: the storybook page test needs chromium and chromium-driver (apt-get install chromium chromium-driver as root); it will be skipped"; fi
+# The storybook page is tested in Debian's chromium, the KubeRay overlays rendered with kubectl
+# kustomize; install them where we can, say so where we cannot.
+TEST_TOOLS := chromium:chromium chromedriver:chromium-driver kubectl:kubectl
+
+test-tools:
+	@for tool in $(TEST_TOOLS); do \
+		command=$${tool%%:*}; package=$${tool##*:}; \
+		if command -v $$command >/dev/null; then continue; fi; \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "==> apt-get install $$package (for the tests that need $$command)"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$package >/dev/null) \
+				|| echo "note: could not install $$package; the tests that need $$command will be skipped"; \
+		else echo "note: the tests that need $$command will be skipped (apt-get install $$package as root)"; fi; \
+	done
 
 SERVE_FILE ?= serve/config.yaml
 

@@ -31,7 +31,7 @@ BENCH_SHAPE = (
 )
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder (local path or s3://)")
@@ -42,7 +42,11 @@ def main() -> None:
     parser.add_argument("--caption-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     torch.set_num_threads(args.threads)
     settings = bench.BenchSettings(
         config=args.config, overrides=(*BENCH_SHAPE, *args.overrides), segments=args.segments,

@@ -23,12 +23,16 @@ from seedstory.tokenizer import INST, build_tiny_tokenizer, image_token_ids
 STAGES = ("detokenizer_pretrain", "story_instruct", "detokenizer_adapt")
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="directory for data.json")
     parser.add_argument("--batch-size", type=int, default=8)
     add_config_arguments(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     config = config_from_args(args)
     uri = config.storage.uri("bench", "toyworld")
     config.data.train_jsonl = [f"{uri}/train.jsonl"]

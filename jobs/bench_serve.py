@@ -45,7 +45,7 @@ SCENARIOS = {
 TARGETS = {"status_5xx": 0, "wall_over_slower_at_1": 1.15}
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.set_defaults(config="demo")
@@ -57,7 +57,11 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=6)
     parser.add_argument("--deadline", type=float, default=180.0, help="seconds per level after which no story starts")
     parser.add_argument("--scenario-seconds", type=float, default=90.0, help="load time of each scaling scenario")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
 
     base = yaml.safe_load(args.file.read_text())
     port = free_port()

@@ -63,12 +63,16 @@ def bench_stage(stage: str, config: SeedStoryConfig, skip: int) -> tuple[dict, s
     return measure(run, skip, seconds), run.export_uri
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for bench_training.json")
     parser.add_argument("--skip", type=int, default=3, help="leading steps left out of the figures (default: 3)")
     add_config_arguments(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     config = config_from_args(args)
     if config.train.base_weights is not None and config.model.preset == "tiny":
         write_tiny_base(config, config.train.base_weights)

@@ -22,10 +22,14 @@ from seedstory.training.run import start_stage
 STAGE = "detokenizer_adapt"
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    config = config_from_args(parser.parse_args())
+    return parser
+
+
+def main() -> None:
+    config = config_from_args(arguments().parse_args())
 
     with start_stage(STAGE, config) as run:
         tokenizer = run.tokenizer()

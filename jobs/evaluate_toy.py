@@ -43,7 +43,7 @@ def variants() -> list[tuple[str, str, str]]:
     return runs + [(f"{mode}/{positions}", mode, positions) for mode in POSITIONED for positions in ("absolute", "rerotate")]
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (local path or s3://)")
     parser.add_argument("--alias", default=CANDIDATE, help=f"registry alias of the models (default: {CANDIDATE})")
@@ -52,6 +52,11 @@ def main() -> None:
     parser.add_argument("--long-segments", type=int, default=25, help="story length of the attention sweep (default: 25)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     add_config_arguments(parser)
+    return parser
+
+
+def main() -> None:
+    parser = arguments()
     args = parser.parse_args()
     config = config_from_args(args)
     if args.long_segments < args.segments:

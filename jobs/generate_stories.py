@@ -28,7 +28,7 @@ from seedstory.storage import join, write_bytes
 from seedstory.training.registry import CANDIDATE
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", required=True, help="prompts JSONL (local path or s3:// URI)")
     parser.add_argument("--out", required=True, help="folder for the storybooks and summary.json (local or s3://)")
@@ -37,6 +37,11 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=1, help="model replicas in the actor pool (default: 1)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each actor reserves (default: 1)")
     add_config_arguments(parser)
+    return parser
+
+
+def main() -> None:
+    parser = arguments()
     args = parser.parse_args()
     config = config_from_args(args)
     if args.segments is not None and args.segments < 1:

@@ -37,12 +37,16 @@ def story_strip(jsonl_uri: str, image_root: str) -> tuple[Image.Image, list[str]
     return strip, list(story.captions)
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="local path or s3:// URI (default: data.toy.uri)")
     parser.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
     add_config_arguments(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     config = config_from_args(args)
 
     world = write_toy_world(config.data.toy, args.out)

@@ -22,11 +22,16 @@ from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.training.bases import pretrain_bases
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial UNet (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace base weights already at the location")
     add_config_arguments(parser)
+    return parser
+
+
+def main() -> None:
+    parser = arguments()
     args = parser.parse_args()
     config = config_from_args(args)
     if config.train.base_weights is None:

@@ -10,6 +10,9 @@ from pydantic import Field, model_validator
 from seedstory.config.base import Section
 
 
+ROLE_LABEL = "seedstory.io/role"
+
+
 class DeploymentConfig(Section):
     """One deployment's scale (Ray Serve's ``autoscaling_config``) and its replica's resources."""
 
@@ -24,6 +27,10 @@ class DeploymentConfig(Section):
     cpus: float = Field(0.5, gt=0)
     gpus: float = Field(0.0, ge=0)
     memory_gb: float | None = Field(None, gt=0)
+    label_selector: dict[str, str] = Field(
+        default_factory=dict, description="Ray node labels a replica's node must match (Ray's label selector "
+        "syntax: 'value', '!value', 'in(a,b)', '!in(a,b)'); a node without the label matches a negation",
+    )
 
     @model_validator(mode="after")
     def _replica_range(self) -> "DeploymentConfig":
@@ -32,8 +39,18 @@ class DeploymentConfig(Section):
         return self
 
 
+# A node labelled for one role never hosts the other role's replicas, so each role's node group
+# scales on its own; an unlabelled node (the local stack's) hosts both.
+class WriterConfig(DeploymentConfig):
+    """The writer holds one attention-sink cache per story in flight."""
+
+    label_selector: dict[str, str] = Field(default_factory=lambda: {ROLE_LABEL: "!painter"})
+
+
 class PainterConfig(DeploymentConfig):
     """The painter batches feature tensors from every story in flight (``@serve.batch``)."""
+
+    label_selector: dict[str, str] = Field(default_factory=lambda: {ROLE_LABEL: "!writer"})
 
     max_batch_size: int = Field(4, ge=1)
     batch_wait_timeout_s: float = Field(0.02, ge=0)
@@ -52,7 +69,7 @@ class ServeConfig(Section):
     alias: str = "candidate"
     ingress: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(
         cpus=0.1, max_ongoing_requests=64, target_ongoing_requests=32))
-    writer: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    writer: WriterConfig = Field(default_factory=WriterConfig)
     painter: PainterConfig = Field(default_factory=PainterConfig)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -38,6 +38,9 @@ class StageConfig(Section):
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how the workers' placement group spreads over nodes; STRICT_SPREAD: one worker per node",
+    )
     registered_model: str
     sources: dict[str, str] = Field(
         default_factory=dict, description="what the stage starts from, by name (e.g. mllm, detokenizer): a URI "

@@ -25,6 +25,8 @@ def deployment_options(scale: DeploymentConfig, user_config: dict[str, Any]) -> 
     actor: dict[str, Any] = {"num_cpus": scale.cpus, "num_gpus": scale.gpus}
     if scale.memory_gb is not None:
         actor["memory"] = int(scale.memory_gb * 2**30)
+    if scale.label_selector:
+        actor["label_selector"] = dict(scale.label_selector)
     return {
         "user_config": user_config,
         "max_ongoing_requests": scale.max_ongoing_requests,

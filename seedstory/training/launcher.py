@@ -40,7 +40,7 @@ def build_trainer(config: SeedStoryConfig, spec: LoopSpec, run_name: str, datase
         train_loop_per_worker=train_worker,
         train_loop_config=asdict(spec),
         scaling_config=ScalingConfig(num_workers=stage.num_workers, use_gpu=stage.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources, placement_strategy=stage.placement_strategy),
         run_config=RunConfig(
             name=run_name, storage_path=path, storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=stage.max_failures),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 from safetensors.torch import save
@@ -26,19 +28,32 @@ def regression_rows(count: int, seed: int = 0) -> list[dict]:
 
 
 class Regressor(nn.Module):
-    def __init__(self, kill_marker: str | None) -> None:
+    """With ``node_log``, each worker appends its node's id to that file at its first step. At its 6th
+    step, with ``kill_marker``, a worker kills itself once; with ``node_loss_marker``, the workers name
+    their node in the marker once and wait there for the test to remove a node."""
+
+    def __init__(self, kill_marker: str | None, node_loss_marker: str | None = None,
+                 node_log: str | None = None) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Linear(FEATURES, 32), nn.GELU(), nn.Linear(32, 1))
         self.frozen = nn.Linear(FEATURES, FEATURES)
         self.frozen.requires_grad_(False)
         self.kill_marker = kill_marker
+        self.node_loss_marker = node_loss_marker
+        self.node_log = node_log
         self.calls = 0
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.calls += 1
+        if self.node_log and self.calls == 1:
+            with open(self.node_log, "a") as log:
+                log.write(ray.get_runtime_context().get_node_id() + "\n")
         if self.kill_marker and self.calls == 6 and not Path(self.kill_marker).exists():
             Path(self.kill_marker).write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.node_loss_marker and self.calls == 6 and not Path(self.node_loss_marker).exists():
+            Path(self.node_loss_marker).write_text(ray.get_runtime_context().get_node_id())
+            time.sleep(300)
         prediction = self.body(batch["x"] + 0 * self.frozen(batch["x"])).squeeze(-1)
         mse = torch.mean((prediction.float() - batch["y"].float()) ** 2)
         return {"loss": mse, "mse": mse}
@@ -52,7 +67,8 @@ class RegressionCollate(NumpyBatchCollateFn):
 class RegressionRecipe(StageRecipe):
     def build(self) -> nn.Module:
         torch.manual_seed(1234)
-        return Regressor(self.sources.get("kill_marker"))
+        return Regressor(self.sources.get("kill_marker"), self.sources.get("node_loss_marker"),
+                         self.sources.get("node_log"))
 
     def collate(self) -> NumpyBatchCollateFn:
         return RegressionCollate()

@@ -49,7 +49,7 @@ def _overrides(bucket: str, tag: str) -> list[str]:
     ]
     for stage in STAGES:
         overrides += [f"train.{stage}.max_steps={STEPS}", f"train.{stage}.checkpoint_every={STEPS}",
-                      f"train.{stage}.warmup_steps=1",
+                      f"train.{stage}.warmup_steps=1", f"train.{stage}.num_workers=1",
                       f"train.{stage}.micro_batch_size={1 if stage == 'llm_pretrain' else 4}",
                       f"train.{stage}.registered_model=test-{stage}-{tag}"]
     return overrides
