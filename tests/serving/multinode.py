@@ -1,0 +1,93 @@
+"""The story service on a Ray cluster of labelled nodes on this machine, run in a process of its own
+(a ``ray.cluster_utils.Cluster`` needs a driver not yet connected to the session's Ray).
+
+A CPU-less head, one node labelled ``writer`` and two labelled ``painter``, as the RayService's worker
+groups are; the application built from the tiny config with two painter replicas. One story is
+streamed over HTTP; at its first text the node of a painter replica is removed. Writes where each
+replica ran, the story's events and a second story's outcome as JSON for ``test_multinode.py``.
+
+    python -m tests.serving.multinode OUT.json PORT OVERRIDE...
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import time
+from pathlib import Path
+
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+
+from seedstory.config.serve import ROLE_LABEL
+from seedstory.serving.app import build_app
+from tests.conftest import REPO_ROOT
+
+SCALE = ["serve.writer.max_replicas=1", "serve.painter.min_replicas=2", "serve.painter.max_replicas=2"]
+
+
+def replicas() -> dict[str, list[str]]:
+    """deployment -> the nodes its live replicas run on, read from the GCS's actor table (Ray's state API
+    would need a dashboard, which this cluster does not start)."""
+    placed: dict[str, list[str]] = {}
+    for actor in ray._private.state.actors(actor_state_name="ALIVE").values():
+        if actor["Name"].startswith("SERVE_REPLICA::seedstory#"):
+            placed.setdefault(actor["Name"].split("#")[1], []).append(actor["Address"]["NodeID"])
+    return placed
+
+
+def stream(port: int, payload: dict, on_event=lambda event: None) -> list[dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=180)
+    try:
+        connection.request("POST", "/v1/stories", body=json.dumps(payload).encode(),
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        if response.status != 200:
+            return [{"type": "http", "status": response.status, "body": response.read().decode()[:500]}]
+        events = []
+        while line := response.readline():
+            events.append(json.loads(line))
+            on_event(events[-1])
+        return events
+    finally:
+        connection.close()
+
+
+def main(out: Path, port: int, overrides: list[str]) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    roles = {"writer": cluster.add_node(num_cpus=2, labels={ROLE_LABEL: "writer"}),
+             "painter-a": cluster.add_node(num_cpus=2, labels={ROLE_LABEL: "painter"}),
+             "painter-b": cluster.add_node(num_cpus=2, labels={ROLE_LABEL: "painter"})}
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+    # One proxy, on the head: every node of this cluster shares the machine's loopback address.
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app("tiny", [*overrides, *SCALE]), name="seedstory", route_prefix="/")
+    node_roles = {node.node_id: role for role, node in roles.items()}
+    placed = {name: [node_roles.get(node, "head") for node in nodes] for name, nodes in replicas().items()}
+
+    removed: list[str] = []
+
+    def remove_a_painter_node(event: dict) -> None:
+        if event["type"] == "text" and not removed:
+            role = placed["painter"][0]
+            cluster.remove_node(roles[role], allow_graceful=False)
+            removed.append(role)
+
+    started = time.monotonic()
+    events = stream(port, {"text": "A fox paints.", "segments": 12, "seed": 1}, remove_a_painter_node)
+    seconds = time.monotonic() - started
+    after = stream(port, {"text": "An owl paints after.", "segments": 3, "seed": 2})
+    report = {"placed": placed, "removed": removed, "seconds": seconds,
+              "events": [{k: v for k, v in e.items() if k in ("type", "index", "message")} for e in events],
+              "after": [e["type"] for e in after]}
+    out.write_text(json.dumps(report, indent=2))
+    serve.shutdown()
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
