@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,13 +82,15 @@ def _overrides(bucket: str, tag: str) -> list[str]:
     return overrides
 
 
-def _submit(ray_head, stage: str, overrides: list[str], cache: Path) -> tuple[str, str]:
+def _submit(ray_head, stage: str, overrides: list[str], cache: Path, wait: bool = True) -> tuple[str, str]:
+    """``ray job submit``; with ``wait``, until the job ends (the log is its output)."""
     submission_id = f"{stage}-{uuid.uuid4().hex[:6]}"
     runtime_env = {"env_vars": {CACHE_ENV: str(cache), "HF_HUB_OFFLINE": "1"}}
     done = subprocess.run(
         [RAY, "job", "submit", "--address", ray_head.ray_dashboard_url, "--submission-id", submission_id,
-         "--working-dir", str(REPO_ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
-         "python", f"jobs/{stage}.py", "--config", "tiny", *overrides],
+         *([] if wait else ["--no-wait"]), "--working-dir", str(REPO_ROOT),
+         "--runtime-env-json", json.dumps(runtime_env), "--", "python", f"jobs/{stage}.py", "--config", "tiny",
+         *overrides],
         capture_output=True, text=True, timeout=400,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
@@ -95,13 +98,19 @@ def _submit(ray_head, stage: str, overrides: list[str], cache: Path) -> tuple[st
 
 
 @pytest.fixture(scope="module")
-def chain(ray_head, tmp_path_factory):
-    tag = uuid.uuid4().hex[:6]
-    overrides = _overrides(ray_head.bucket, tag)
+def world(ray_head, tmp_path_factory) -> tuple[list[str], Path]:
+    """The overrides of this module's jobs, with their toy world and base weights written, and a weights cache."""
+    overrides = _overrides(ray_head.bucket, uuid.uuid4().hex[:6])
     config = load_config("tiny", overrides)
     write_toy_world(config.data.toy)
     write_tiny_base(config, config.train.base_weights)
-    cache = tmp_path_factory.mktemp("weights-cache")
+    return overrides, tmp_path_factory.mktemp("weights-cache")
+
+
+@pytest.fixture(scope="module")
+def chain(ray_head, world, tmp_path_factory):
+    overrides, cache = world
+    config = load_config("tiny", overrides)
     client = MlflowClient()
     jobs = {}
     with pytest.MonkeyPatch.context() as patch:
@@ -240,3 +249,32 @@ def test_stage3_export_is_the_trained_unet_and_beats_the_stage1_detokenizer(chai
     after = load_detokenizer(job.version.source)
     assert noise_mse(after, batch["sd_pixels"], regressed, batch["add_time_ids"]) < \
         noise_mse(start, batch["sd_pixels"], regressed, batch["add_time_ids"])
+
+
+def test_a_stage_job_stopped_mid_run_and_resubmitted_with_its_run_name_resumes(ray_head, world, chain):
+    overrides, cache = world
+    stage, run_name = "detokenizer_pretrain", f"resubmitted-{uuid.uuid4().hex[:6]}"
+    overrides = [*overrides, f"train.run_name={run_name}", f"train.{stage}.checkpoint_every=2",
+                 f"train.{stage}.registered_model=test-resubmitted-{run_name}"]
+    config = load_config("tiny", overrides)
+    checkpoint = storage.join(config.storage.uri("runs"), f"{run_name}-{stage}", "step-00000004")
+    fs, path = storage.filesystem_for(checkpoint)
+    first, _ = _submit(ray_head, stage, overrides, cache, wait=False)
+    deadline = time.monotonic() + 300
+    while not fs.exists(path):
+        assert time.monotonic() < deadline, f"no checkpoint at {checkpoint}"
+        time.sleep(1)
+        fs.invalidate_cache()
+    stopped = subprocess.run([RAY, "job", "stop", "--address", ray_head.ray_dashboard_url, first],
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    status = subprocess.run([RAY, "job", "status", "--address", ray_head.ray_dashboard_url, first],
+                            capture_output=True, text=True, timeout=60)
+    assert "was stopped" in status.stdout + status.stderr
+
+    _, log = _submit(ray_head, stage, overrides, cache)
+    resumed_at = int(log.split("resumed from ")[1].split(" at step ")[1].split()[0])
+    assert 4 <= resumed_at < STEPS, resumed_at
+    version = MlflowClient().get_model_version_by_alias(config.train.detokenizer_pretrain.registered_model, "candidate")
+    history = MlflowClient().get_metric_history(version.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(resumed_at + 1, STEPS + 1)), "only the steps left are trained"
