@@ -78,8 +78,9 @@ test: $(STAMP) test-tools  ## run the whole test suite (starts and stops its own
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The storybook page is tested in Debian's chromium, the KubeRay overlays rendered with kubectl
-# kustomize; install them where we can, say so where we cannot.
-TEST_TOOLS := chromium:chromium chromedriver:chromium-driver kubectl:kubectl
+# kustomize, the GCS restart against Debian's redis-server; install them where we can, say so where
+# we cannot.
+TEST_TOOLS := chromium:chromium chromedriver:chromium-driver kubectl:kubectl redis-server:redis-server
 
 test-tools:
 	@for tool in $(TEST_TOOLS); do \

@@ -3,8 +3,11 @@
 
 A CPU-less head, one node labelled ``writer`` and two labelled ``painter``, as the RayService's worker
 groups are; the application built from the tiny config with two painter replicas. One story is
-streamed over HTTP; at its first text the node of a painter replica is removed. Writes where each
-replica ran, the story's events and a second story's outcome as JSON for ``test_multinode.py``.
+streamed over HTTP; at its first text the node of a painter replica is removed. Then, when
+``RAY_REDIS_ADDRESS`` names a Redis (the head keeps its GCS tables there, as the RayService's
+``gcsFaultToleranceOptions`` has it), the head's GCS is killed at a story's first text, a story is
+told while it is down, and a story after it is restarted. Writes where each replica ran and every
+story's events as JSON for ``test_multinode.py``.
 
     python -m tests.serving.multinode OUT.json PORT OVERRIDE...
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,14 +32,18 @@ from tests.conftest import REPO_ROOT
 SCALE = ["serve.writer.max_replicas=1", "serve.painter.min_replicas=2", "serve.painter.max_replicas=2"]
 
 
-def replicas() -> dict[str, list[str]]:
-    """deployment -> the nodes its live replicas run on, read from the GCS's actor table (Ray's state API
-    would need a dashboard, which this cluster does not start)."""
-    placed: dict[str, list[str]] = {}
-    for actor in ray._private.state.actors(actor_state_name="ALIVE").values():
+def replicas() -> dict[str, dict[str, str]]:
+    """deployment -> {actor id: node id} of its live replicas, read from the GCS's actor table (Ray's state
+    API would need a dashboard, which this cluster does not start)."""
+    placed: dict[str, dict[str, str]] = {}
+    for actor_id, actor in ray._private.state.actors(actor_state_name="ALIVE").items():
         if actor["Name"].startswith("SERVE_REPLICA::seedstory#"):
-            placed.setdefault(actor["Name"].split("#")[1], []).append(actor["Address"]["NodeID"])
+            placed.setdefault(actor["Name"].split("#")[1], {})[actor_id] = actor["Address"]["NodeID"]
     return placed
+
+
+def brief(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k in ("type", "index", "message", "status")} for e in events]
 
 
 def stream(port: int, payload: dict, on_event=lambda event: None) -> list[dict]:
@@ -66,7 +74,7 @@ def main(out: Path, port: int, overrides: list[str]) -> None:
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app("tiny", [*overrides, *SCALE]), name="seedstory", route_prefix="/")
     node_roles = {node.node_id: role for role, node in roles.items()}
-    placed = {name: [node_roles.get(node, "head") for node in nodes] for name, nodes in replicas().items()}
+    placed = {name: [node_roles.get(node, "head") for node in actors.values()] for name, actors in replicas().items()}
 
     removed: list[str] = []
 
@@ -80,13 +88,35 @@ def main(out: Path, port: int, overrides: list[str]) -> None:
     events = stream(port, {"text": "A fox paints.", "segments": 12, "seed": 1}, remove_a_painter_node)
     seconds = time.monotonic() - started
     after = stream(port, {"text": "An owl paints after.", "segments": 3, "seed": 2})
-    report = {"placed": placed, "removed": removed, "seconds": seconds,
-              "events": [{k: v for k, v in e.items() if k in ("type", "index", "message")} for e in events],
+    report = {"placed": placed, "removed": removed, "seconds": seconds, "events": brief(events),
               "after": [e["type"] for e in after]}
+    if os.environ.get("RAY_REDIS_ADDRESS"):
+        report["gcs"] = restart_the_gcs_under_stories(cluster, port)
     out.write_text(json.dumps(report, indent=2))
     serve.shutdown()
     ray.shutdown()
     cluster.shutdown()
+
+
+def restart_the_gcs_under_stories(cluster: Cluster, port: int) -> dict:
+    """Kill the head's GCS at a story's first text, tell a whole story while it is down, restart it and
+    tell one more; the replicas' actor ids before and after show whether the GCS came back with its
+    tables or started empty."""
+    before = replicas()
+    killed: list[float] = []
+
+    def kill_the_gcs(event: dict) -> None:
+        if event["type"] == "text" and not killed:
+            cluster.head_node.kill_gcs_server()
+            killed.append(time.monotonic())
+
+    interrupted = stream(port, {"text": "A hare paints as the head fails.", "segments": 6, "seed": 3}, kill_the_gcs)
+    while_down = stream(port, {"text": "A crow paints with no head.", "segments": 3, "seed": 4})
+    down_for = time.monotonic() - killed[0]
+    cluster.head_node.start_gcs_server()
+    restarted = stream(port, {"text": "A wolf paints once it is back.", "segments": 3, "seed": 5})
+    return {"interrupted": brief(interrupted), "while_down": brief(while_down), "down_seconds": down_for,
+            "restarted": brief(restarted), "replicas_before": before, "replicas_after": replicas()}
 
 
 if __name__ == "__main__":
