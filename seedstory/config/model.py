@@ -133,7 +133,10 @@ class VAEConfig(Section):
     layers_per_block: int = Field(2, ge=1)
     latent_channels: int = Field(4, ge=1)
     norm_num_groups: int = Field(32, ge=1)
-    scaling_factor: float = Field(0.13025, gt=0)
+    scaling_factor: float | None = Field(
+        None, gt=0, description="multiplies the VAE's latents into the diffusion's unit-variance space; null: the "
+        "value stored with the VAE weights (SD-XL's VAE: 0.13025; the tiny VAE measures its own when pretrained); "
+        "set, it must match them")
     weights: str | None = None
 
     @property

@@ -50,14 +50,27 @@ def unet_config(config: ModelConfig) -> dict:
 
 
 def vae_config(config: ModelConfig) -> dict:
+    """The diffusers AutoencoderKL config; ``scaling_factor`` only where the config sets it (else the weights' own)."""
     vae = config.vae
     blocks = len(vae.block_out_channels)
-    return dict(
+    shapes = dict(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * blocks,
         up_block_types=("UpDecoderBlock2D",) * blocks, block_out_channels=tuple(vae.block_out_channels),
         layers_per_block=vae.layers_per_block, latent_channels=vae.latent_channels,
-        norm_num_groups=vae.norm_num_groups, sample_size=config.sd_image_size, scaling_factor=vae.scaling_factor,
+        norm_num_groups=vae.norm_num_groups, sample_size=config.sd_image_size,
     )
+    return shapes if vae.scaling_factor is None else {**shapes, "scaling_factor": vae.scaling_factor}
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKL, pixel_values: torch.Tensor, batch_size: int = 64) -> float:
+    """1 / the standard deviation of the VAE's latents over training frames (pixels in [-1, 1]), as SD measured
+    its own: the noise schedule assumes unit-variance latents, and an autoencoder trained with a weak KL term
+    settles on any scale. Off by a factor s, the training noise at the last timestep leaves the image's layout
+    visible, and sampling from pure noise starts where training never went."""
+    latents = torch.cat([vae.encode(pixel_values[start:start + batch_size].to(vae.dtype)).latent_dist.sample().float()
+                         for start in range(0, len(pixel_values), batch_size)])
+    return float(1.0 / latents.std())
 
 
 def noise_scheduler(config: ModelConfig) -> DDPMScheduler:

@@ -71,7 +71,10 @@ def tiny_model(config: SeedStoryConfig) -> ModelConfig:
 
 
 def base_shapes(config: SeedStoryConfig) -> dict:
-    return tiny_model(config).model_dump(mode="json", include=SHAPES)
+    """The model shapes a base folder is made for (the VAE's latent scale is measured, not a shape)."""
+    shapes = tiny_model(config).model_dump(mode="json", include=SHAPES)
+    shapes["vae"].pop("scaling_factor")
+    return shapes
 
 
 def tiny_tokenizer(config: SeedStoryConfig) -> PreTrainedTokenizerBase:

@@ -2,8 +2,9 @@
 
 ``pretrain_bases`` decodes the toy world's train split once (frames + captions, Ray Data) and
 trains on it, each as a Ray Train stage with its own MLflow run and model version:
-``vae_pretrain`` (the VAE as an autoencoder), ``clip_pretrain`` (the ViT as the image tower of a
-CLIP-style dual encoder) and ``llm_pretrain`` (the LLM on the stories as text). Each is scored on
+``vae_pretrain`` (the VAE as an autoencoder, then its latent scale measured), ``clip_pretrain`` (the
+ViT as the image tower of a CLIP-style dual encoder) and ``llm_pretrain`` (the LLM on the stories as
+text). Each is scored on
 the val split (``base_eval``) in its run; then the base folder (``train.base_weights``) is written
 with the three, an initial UNet, the tokenizer, and the scores in ``base.json``, which goes last.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import ray.data
+import torch
 from diffusers import AutoencoderKL
 from transformers import LlamaForCausalLM
 
@@ -20,7 +22,7 @@ from seedstory import storage
 from seedstory.config import SeedStoryConfig
 from seedstory.data.frame_text import frame_text_dataset
 from seedstory.data.story_text import story_text_dataset, story_texts
-from seedstory.models.detokenizer import build_vae
+from seedstory.models.detokenizer import build_vae, latent_scaling_factor
 from seedstory.models.dual_encoder import load_dual_encoder, save_tokenizer
 from seedstory.models.mllm import build_llm
 from seedstory.training.base_eval import caption_retrieval, text_scores, vae_coherence, verdicts
@@ -31,6 +33,8 @@ from seedstory.training.base_weights import (
 from seedstory.training.run import StageRun, start_stage
 
 STAGES = ("vae_pretrain", "clip_pretrain", "llm_pretrain")
+LATENT_SAMPLE = 512  # train frames the VAE's latent scale is measured on
+SCALING_FACTOR = "vae/scaling_factor"
 
 
 def _columns(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:
@@ -48,13 +52,16 @@ def _trained_llm(config: SeedStoryConfig, uri: str, vocab_size: int) -> LlamaFor
     return build_llm(model.model_copy(update={"llm": model.llm.model_copy(update={"weights": uri})}), vocab_size)
 
 
-def _evaluate(run: StageRun, val: dict[str, np.ndarray], val_texts: list[np.ndarray], vocab_size: int,
-              seed: int) -> dict[str, float]:
+def _evaluate(run: StageRun, val: dict[str, np.ndarray], val_texts: list[np.ndarray], train: ray.data.Dataset,
+              vocab_size: int, seed: int) -> dict[str, float]:
     if run.stage == "llm_pretrain":
         return text_scores(_trained_llm(run.config, run.export_uri, vocab_size), val_texts)
     captions = [str(caption) for caption in val["caption"]]
     if run.stage == "vae_pretrain":
-        return {"val/vae_coherence": vae_coherence(_trained_vae(run.config, run.export_uri), val["sd_pixels"], captions)}
+        vae = _trained_vae(run.config, run.export_uri)
+        train_pixels = torch.from_numpy(train.take_batch(LATENT_SAMPLE, batch_format="numpy")["sd_pixels"])
+        return {"val/vae_coherence": vae_coherence(vae, val["sd_pixels"], captions),
+                SCALING_FACTOR: latent_scaling_factor(vae, train_pixels)}
     dual, _ = load_dual_encoder(run.export_uri)
     top1, candidates = caption_retrieval(dual, val["vit_pixels"], val["input_ids"], val["attention_mask"], captions,
                                          seed)
@@ -102,7 +109,7 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
                 run.log_data(report)
             version = run.register()
             if version is not None:
-                stage_scores = _evaluate(run, val, val_texts, len(tokenizer), config.data.seed)
+                stage_scores = _evaluate(run, val, val_texts, frames, len(tokenizer), config.data.seed)
                 mlflow.log_metrics(stage_scores)
                 run.lines += verdicts(stage_scores)
                 scores.update(stage_scores)
@@ -115,6 +122,7 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
 
     dual, _ = load_dual_encoder(exports["clip_pretrain"])
     vae = _trained_vae(config, exports["vae_pretrain"])
+    vae.register_to_config(scaling_factor=scores[SCALING_FACTOR])
     llm = _trained_llm(config, exports["llm_pretrain"], len(tokenizer))
     manifest = write_tiny_base(config, uri, seed, overwrite=True, pretrained=PretrainedBases(
         tokenizer=tokenizer, vit=dual.vit, text_encoder=dual.text, vae=vae, llm=llm, evaluation=scores, runs=runs))

@@ -1,7 +1,11 @@
+import copy
+
 import pytest
 import torch
 
-from seedstory.models.detokenizer import build_detokenizer
+from seedstory.models.detokenizer import build_detokenizer, latent_scaling_factor
+from seedstory.models.export import export_vae
+from seedstory.models.weights import WeightsError
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +54,31 @@ def test_paper_detokenizer_on_meta_is_sdxl(paper):
     hidden, pooled = detokenizer.conditions(torch.empty(1, 256, 4096, device="meta"))
     assert hidden.shape == (1, 64, 2048) and pooled.shape == (1, 1280)
     assert detokenizer.unet.config.projection_class_embeddings_input_dim == 2816
+
+
+def test_the_latent_scaling_factor_brings_latents_to_unit_variance(detokenizer, tiny):
+    vae, channels = copy.deepcopy(detokenizer.vae), tiny.vae.latent_channels
+    with torch.no_grad():  # a narrow posterior, as a trained VAE's is (log-variance -10)
+        vae.quant_conv.weight[channels:] = 0
+        vae.quant_conv.bias[channels:] = -10
+    pixels = torch.rand(12, 3, tiny.sd_image_size, tiny.sd_image_size, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    factor = latent_scaling_factor(vae, pixels, batch_size=5)
+    with torch.no_grad():
+        assert (vae.encode(pixels).latent_dist.mode() * factor).std().item() == pytest.approx(1.0, rel=0.02)
+        vae.quant_conv.weight[:channels] *= 4
+        vae.quant_conv.bias[:channels] *= 4
+    assert latent_scaling_factor(vae, pixels) == pytest.approx(factor / 4, rel=0.02)
+
+
+def test_the_vae_scaling_factor_comes_with_its_weights_unless_the_config_sets_it(detokenizer, tiny, tmp_path):
+    vae = copy.deepcopy(detokenizer.vae)
+    vae.register_to_config(scaling_factor=0.37)
+    export_vae(vae, str(tmp_path / "vae"))
+    stored = tiny.model_copy(update={"vae": tiny.vae.model_copy(update={"weights": str(tmp_path / "vae")})})
+    assert tiny.vae.scaling_factor is None
+    assert build_detokenizer(stored).vae.config.scaling_factor == 0.37
+    agreeing = stored.model_copy(update={"vae": stored.vae.model_copy(update={"scaling_factor": 0.37})})
+    assert build_detokenizer(agreeing).vae.config.scaling_factor == 0.37
+    disagreeing = stored.model_copy(update={"vae": stored.vae.model_copy(update={"scaling_factor": 0.13025})})
+    with pytest.raises(WeightsError, match=r"scaling_factor=0.37 \(preset: 0.13025\)"):
+        build_detokenizer(disagreeing)

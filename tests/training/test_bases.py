@@ -35,7 +35,7 @@ pytestmark = pytest.mark.stack
 RAY = str(Path(sys.executable).parent / "ray")
 STAGES = ("vae_pretrain", "clip_pretrain", "llm_pretrain")
 STEPS = 3
-METRICS = {"vae_pretrain": {"reconstruction_error", "kl", "posterior_std", "val/vae_coherence"},
+METRICS = {"vae_pretrain": {"reconstruction_error", "kl", "posterior_std", "val/vae_coherence", "vae/scaling_factor"},
            "clip_pretrain": {"contrastive", "batch_top1", "val/retrieval_top1", "val/retrieval_candidates"},
            "llm_pretrain": {"data/stories", "val/llm_loss", "val/llm_next_token_accuracy"}}
 
@@ -112,6 +112,8 @@ def test_the_bases_reload_from_the_folder_as_trained(job):
     trained_vae = build_vae(resolved.model_copy(update={"vae": resolved.vae.model_copy(
         update={"weights": exports["vae_pretrain"]})}))
     assert_same(build_vae(resolved), trained_vae)
+    measured = json.loads(storage.read_bytes(storage.join(config.train.base_weights, MANIFEST)))
+    assert build_vae(resolved).config.scaling_factor == measured["pretrained"]["evaluation"]["vae/scaling_factor"]
     tokenizer = load_tokenizer(resolved.llm.tokenizer, resolved.image_tokens)
     trained_llm = build_llm(resolved.model_copy(update={"llm": resolved.llm.model_copy(
         update={"weights": exports["llm_pretrain"]})}), len(tokenizer))
