@@ -77,6 +77,16 @@ def base_shapes(config: SeedStoryConfig) -> dict:
     return shapes
 
 
+def check_base_shapes(existing: dict, config: SeedStoryConfig, uri: str) -> None:
+    """Refuse a base folder made for other shapes, or before its VAE's latent scale was measured."""
+    if "scaling_factor" in existing["model"].get("vae", {}):
+        raise BaseWeightsError(f"{uri} was written before the VAE's latent scale was measured (its manifest fixes "
+                               "vae.scaling_factor); pretrain the bases again with --overwrite")
+    if existing["model"] != base_shapes(config):
+        raise BaseWeightsError(f"{uri} holds base weights for other model shapes; choose another "
+                               "train.base_weights or pass --overwrite")
+
+
 def tiny_tokenizer(config: SeedStoryConfig) -> PreTrainedTokenizerBase:
     """A byte-level BPE trained on the toy world's captions (all splits: the world's language, not its stories)."""
     captions = [c for index in range(config.data.toy.stories) for c in toy_story(config.data.toy, index).record.captions]
@@ -92,9 +102,7 @@ def write_tiny_base(config: SeedStoryConfig, uri: str, seed: int = 0, overwrite:
     model, shapes = tiny_model(config), base_shapes(config)
     existing = read_manifest(uri)
     if existing is not None and not overwrite:
-        if existing["model"] != shapes:
-            raise BaseWeightsError(f"{uri} holds base weights for other model shapes; choose another "
-                                   "train.base_weights or pass --overwrite")
+        check_base_shapes(existing, config, uri)
         return existing
     torch.manual_seed(seed)
     tokenizer = pretrained.tokenizer if pretrained else tiny_tokenizer(config)

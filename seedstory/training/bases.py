@@ -27,7 +27,7 @@ from seedstory.models.dual_encoder import load_dual_encoder, save_tokenizer
 from seedstory.models.mllm import build_llm
 from seedstory.training.base_eval import caption_retrieval, text_scores, vae_coherence, verdicts
 from seedstory.training.base_weights import (
-    MANIFEST, PARTS, BaseWeightsError, PretrainedBases, base_shapes, read_manifest, tiny_model, tiny_tokenizer,
+    MANIFEST, PARTS, BaseWeightsError, PretrainedBases, check_base_shapes, read_manifest, tiny_model, tiny_tokenizer,
     write_tiny_base,
 )
 from seedstory.training.run import StageRun, start_stage
@@ -76,9 +76,7 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
         raise BaseWeightsError("train.base_weights is not set: where should the base weights go?")
     existing = read_manifest(uri)
     if existing is not None and "pretrained" in existing and not overwrite:
-        if existing["model"] != base_shapes(config):
-            raise BaseWeightsError(f"{uri} holds base weights for other model shapes; choose another "
-                                   "train.base_weights or pass --overwrite")
+        check_base_shapes(existing, config, uri)
         print(f"pretrained bases already at {uri} (--overwrite replaces them)")
         return existing
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,9 @@ from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.toyworld.generate import toy_story
 from seedstory.data.toyworld.render import render_frame
 from seedstory.models.export import load_detokenizer, load_mllm
-from seedstory.training.base_weights import BaseWeightsError, read_manifest, with_base_weights, write_tiny_base
+from seedstory.training.base_weights import (
+    MANIFEST, BaseWeightsError, read_manifest, with_base_weights, write_tiny_base,
+)
 from seedstory.training.recipe import recipe_class
 from seedstory.training.stages import RECIPES
 from seedstory.training.stages.base import target_images
@@ -90,6 +94,12 @@ def test_base_weights_are_written_once_and_fill_only_unset_locations(config, tmp
 def test_base_weights_for_other_shapes_or_a_missing_folder_are_refused(config, tmp_path):
     with pytest.raises(BaseWeightsError, match="other model shapes"):
         write_tiny_base(load_config("tiny", ["model.vit.layers=3"]), config.train.base_weights)
+    unmeasured = read_manifest(config.train.base_weights)
+    unmeasured["model"]["vae"]["scaling_factor"] = 1.0
+    (tmp_path / "unmeasured").mkdir()
+    (tmp_path / "unmeasured" / MANIFEST).write_text(json.dumps(unmeasured))
+    with pytest.raises(BaseWeightsError, match="before the VAE's latent scale was measured"):
+        write_tiny_base(load_config("tiny", ["data.toy.stories=4"]), str(tmp_path / "unmeasured"))
     with pytest.raises(BaseWeightsError, match="pretrain_bases"):
         with_base_weights(load_config("tiny", [f"train.base_weights={tmp_path}/none"]))
     with pytest.raises(BaseWeightsError, match="released checkpoints"):
