@@ -68,8 +68,9 @@ def latent_scaling_factor(vae: AutoencoderKL, pixel_values: torch.Tensor, batch_
     its own: the noise schedule assumes unit-variance latents, and an autoencoder trained with a weak KL term
     settles on any scale. Off by a factor s, the training noise at the last timestep leaves the image's layout
     visible, and sampling from pure noise starts where training never went."""
-    latents = torch.cat([vae.encode(pixel_values[start:start + batch_size].to(vae.dtype)).latent_dist.sample().float()
-                         for start in range(0, len(pixel_values), batch_size)])
+    generator = torch.Generator(vae.device).manual_seed(0)  # the same frames always measure the same scale
+    latents = torch.cat([vae.encode(pixel_values[start:start + batch_size].to(vae.dtype)).latent_dist
+                         .sample(generator).float() for start in range(0, len(pixel_values), batch_size)])
     return float(1.0 / latents.std())
 
 

@@ -4,9 +4,9 @@
 trains on it, each as a Ray Train stage with its own MLflow run and model version:
 ``vae_pretrain`` (the VAE as an autoencoder, then its latent scale measured), ``clip_pretrain`` (the
 ViT as the image tower of a CLIP-style dual encoder) and ``llm_pretrain`` (the LLM on the stories as
-text). Each is scored on
-the val split (``base_eval``) in its run; then the base folder (``train.base_weights``) is written
-with the three, an initial UNet, the tokenizer, and the scores in ``base.json``, which goes last.
+text). Each is scored on the val split (``base_eval``) in its run; then the base folder
+(``train.base_weights``) is written with the three, an initial UNet, the tokenizer, and the scores
+in ``base.json``, which goes last.
 """
 
 from __future__ import annotations

@@ -28,12 +28,12 @@ def redis_address(tmp_path_factory):
     if shutil.which("redis-server") is None:
         yield None
         return
-    port = free_port()
+    port, workdir = free_port(), tmp_path_factory.mktemp("redis")
+    log = workdir / "redis.log"
     process = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
-                               stdout=subprocess.DEVNULL)
+                                "--appendonly", "no", "--dir", str(workdir), "--logfile", str(log)])
     try:
-        wait_until(lambda: port_in_use("127.0.0.1", port), timeout_s=30, what="redis-server")
+        wait_until(lambda: port_in_use("127.0.0.1", port), timeout_s=30, what="redis-server", log=log)
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()
