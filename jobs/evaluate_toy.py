@@ -26,6 +26,7 @@ import torch
 from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.data.toyworld.judge import Judge
 from seedstory.eval import toy_world
+from seedstory.eval.held_out import held_out_stories
 from seedstory.generation.attention_bench import POSITIONED
 from seedstory.generation.pipeline import StoryModels, StoryPipeline, model_references, resolve_models
 from seedstory.models.export import load_detokenizer
@@ -68,7 +69,7 @@ def main() -> None:
     sources = resolve_models(config, references)
     models = StoryModels.load({part: sources[part] for part in ("mllm", "detokenizer")})
     stage1 = load_detokenizer(sources["stage1"].uri).eval()
-    stories = toy_world.test_stories(config, args.stories)
+    stories = held_out_stories(config, args.stories)
     judge = Judge(config.data.toy.image_size)
     window_frames = config.data.window_frames
     default = config.story.cache

@@ -17,11 +17,9 @@ import json
 import posixpath
 from dataclasses import asdict
 
-import ray
-
 from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.generation.batch import (
-    SUMMARY_FILE, StoryWriter, prepare_prompts, read_prompt_lines, summarize,
+    SUMMARY_FILE, prepare_prompts, read_prompt_lines, summarize, write_storybooks,
 )
 from seedstory.generation.pipeline import model_references, resolve_models
 from seedstory.storage import join, write_bytes
@@ -53,15 +51,7 @@ def main() -> None:
                                    args.segments or config.story.segments)
     print(f"{len(lines)} prompt lines: {len(prompts)} to write, {len(bad)} bad", flush=True)
 
-    results = []
-    if prompts:
-        stories = ray.data.from_items([asdict(p) for p in prompts]).map_batches(
-            StoryWriter, batch_size=1, num_cpus=args.cpus_per_actor,
-            compute=ray.data.ActorPoolStrategy(size=min(args.actors, len(prompts))),
-            fn_constructor_kwargs={"config": config.model_dump(mode="json"), "out": args.out,
-                                   "sources": {name: asdict(source) for name, source in sources.items()}},
-        )
-        results = stories.take_all()
+    results = write_storybooks(config, prompts, sources, args.out, args.actors, args.cpus_per_actor)
 
     summary = summarize(results, bad, args.prompts, {name: asdict(s) for name, s in sources.items()})
     write_bytes(join(args.out, SUMMARY_FILE), json.dumps(summary, indent=2).encode())

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from seedstory.cli import data, generate, models, serve, stack
+from seedstory.cli import compare, data, generate, models, serve, stack
 from seedstory.config import ConfigError
 from seedstory.stack import StackError
 
-SUBCOMMANDS = [stack, data, models, generate, serve]
+SUBCOMMANDS = [stack, data, models, generate, serve, compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from pydantic import Field
 
 from seedstory.config.base import Section
 from seedstory.config.data import DataConfig
+from seedstory.config.evaluation import EvalConfig
 from seedstory.config.generation import StoryConfig
 from seedstory.config.infra import StackConfig, StorageConfig, TrackingConfig
 from seedstory.config.model import ModelConfig
@@ -20,3 +21,4 @@ class SeedStoryConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     story: StoryConfig = Field(default_factory=StoryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)

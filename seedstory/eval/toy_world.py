@@ -17,40 +17,20 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from seedstory.config import SeedStoryConfig
 from seedstory.data.layout import StoryLayout
 from seedstory.data.pixels import vit_pixels
-from seedstory.data.sources import expand_jsonl, read_story_lines
-from seedstory.data.stories import load_story
 from seedstory.data.toyworld.judge import Judge, coherence_of_facts, consistency_of_facts
 from seedstory.data.toyworld.validity import caption_validity
+from seedstory.eval.held_out import HeldOutStory
 from seedstory.generation.pipeline import StoryPipeline, to_image
 from seedstory.models.detokenizer import Detokenizer
 
 PAINT_BATCH = 32
-
-
-@dataclass(frozen=True)
-class TestStory:
-    key: str
-    captions: list[str]
-    frames: list[Image.Image]
-
-
-def test_stories(config: SeedStoryConfig, count: int) -> list[TestStory]:
-    """The first ``count`` stories of the test split, decoded; fewer is an error (the figures need them)."""
-    lines = list(read_story_lines(expand_jsonl(config.data.test_jsonl)))
-    if len(lines) < count:
-        raise ValueError(f"the test split holds {len(lines)} stories, fewer than the {count} asked for: "
-                         "write a bigger toy world (data.toy.stories) or ask for fewer")
-    stories = [load_story(line, config.data.image_root) for line in lines[:count]]
-    return [TestStory(s.key, list(s.captions), [s.image(i) for i in range(len(s.frames))]) for s in stories]
 
 
 @torch.no_grad()
@@ -70,7 +50,7 @@ def paint(detokenizer: Detokenizer, features: torch.Tensor, seed: int = 0) -> li
     return images
 
 
-def detokenizer_alone(detokenizer: Detokenizer, vit: torch.nn.Module, stories: list[TestStory],
+def detokenizer_alone(detokenizer: Detokenizer, vit: torch.nn.Module, stories: list[HeldOutStory],
                       judge: Judge, frames_per_story: int) -> list[float]:
     """Coherence of each real frame repainted from its own ViT features."""
     frames = [(frame, caption) for s in stories for frame, caption in
@@ -80,7 +60,7 @@ def detokenizer_alone(detokenizer: Detokenizer, vit: torch.nn.Module, stories: l
 
 
 @torch.no_grad()
-def teacher_forced(pipeline: StoryPipeline, stories: list[TestStory], judge: Judge,
+def teacher_forced(pipeline: StoryPipeline, stories: list[HeldOutStory], judge: Judge,
                    window_frames: int) -> list[float]:
     """Coherence of the image painted for the true next caption, given the true story so far."""
     models = pipeline.models
@@ -101,17 +81,23 @@ def teacher_forced(pipeline: StoryPipeline, stories: list[TestStory], judge: Jud
     return [judge.coherence(image, caption) for image, caption in zip(painted, captions)]
 
 
-def free_story_scores(pipeline: StoryPipeline, story: TestStory, judge: Judge, segments: int,
+def free_story_scores(pipeline: StoryPipeline, story: HeldOutStory, judge: Judge, segments: int,
                       seed: int) -> dict[str, list[float]]:
-    """Per segment: caption validity (0/1), image-text coherence, consistency with the frame before."""
+    """A story written from the held-out story's opening, scored by ``story_scores``."""
     written = pipeline.write(story.captions[0], story.frames[0], segments=segments, seed=seed).wait()
-    texts = [segment.text for segment in written.segments]
-    facts = [judge.read(image) for image in [story.frames[0], *written.images()]]
+    scores = story_scores(judge, story.captions[0], story.frames[0], [s.text for s in written.segments],
+                          written.images())
+    return {**scores, "outcome": written.outcome.value}
+
+
+def story_scores(judge: Judge, opening: str, opening_frame: Image.Image, texts: Sequence[str],
+                 images: Sequence[Image.Image]) -> dict[str, list[float]]:
+    """Per segment: caption validity (0/1), image-text coherence, consistency with the frame before."""
+    facts = [judge.read(image) for image in [opening_frame, *images]]
     return {
-        "validity": [float(v) for v in caption_validity(story.captions[0], texts)],
+        "validity": [float(v) for v in caption_validity(opening, list(texts))],
         "coherence": [coherence_of_facts(text, fact) for text, fact in zip(texts, facts[1:])],
         "consistency": [consistency_of_facts(facts[i], facts[i - 1]) for i in range(1, len(facts))],
-        "outcome": written.outcome.value,
     }
 
 

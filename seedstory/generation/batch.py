@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import ray
 
 from seedstory.config import SeedStoryConfig
 from seedstory.generation.pipeline import StoryInputError, StoryModels, StoryPipeline, read_image
@@ -144,3 +145,18 @@ def summarize(results: list[dict[str, Any]], bad: list[dict[str, Any]], prompts_
         "prompts": prompts_uri, "models": models, "stories": len(written), "bad_prompts": len(bad), "bad": bad,
         "written": [{key: r[key] for key in ("line", "id", "storybook", "segments", "outcome")} for r in written],
     }
+
+
+def write_storybooks(config: SeedStoryConfig, prompts: list[Prompt], sources: dict[str, ResolvedSource], out: str,
+                     actors: int = 1, cpus_per_actor: float = 1.0) -> list[dict[str, Any]]:
+    """Each prompt's storybook under ``out/<id>/`` from a Ray Data actor pool: a row per prompt
+    (``detail`` names why a prompt could not be written)."""
+    if not prompts:
+        return []
+    stories = ray.data.from_items([asdict(p) for p in prompts]).map_batches(
+        StoryWriter, batch_size=1, num_cpus=cpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(size=min(actors, len(prompts))),
+        fn_constructor_kwargs={"config": config.model_dump(mode="json"), "out": out,
+                               "sources": {name: asdict(source) for name, source in sources.items()}},
+    )
+    return stories.take_all()

@@ -16,7 +16,8 @@ from typing import Any
 
 from PIL import Image
 
-from seedstory.storage import join, write_bytes
+from seedstory.data.images import decode_image
+from seedstory.storage import join, read_bytes, write_bytes
 
 STORY_FILE = "story.json"
 PAGE_FILE = "index.html"
@@ -94,3 +95,9 @@ def save_storybook(book: Storybook, out: str) -> str:
     write_bytes(join(out, PAGE_FILE), book.page().encode())
     write_bytes(join(out, STORY_FILE), json.dumps(book.manifest(), indent=2).encode())
     return join(out, PAGE_FILE)
+
+
+def read_storybook(folder: str) -> tuple[dict[str, Any], list[Image.Image]]:
+    """A written folder back: its ``story.json`` and every segment's picture, in order."""
+    manifest = json.loads(read_bytes(join(folder, STORY_FILE)))
+    return manifest, [decode_image(read_bytes(join(folder, s["image"]))) for s in manifest["segments"]]
