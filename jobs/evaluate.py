@@ -83,9 +83,9 @@ def main() -> None:
                   "images": story_metrics.image_text_metrics(generated, extractor, pair, settings)}
         if settings.toy_judge:
             result["toy"] = story_metrics.toy_judge_metrics(generated, Judge(config.data.toy.image_size))
-        judged[alias] = [JudgedStory(g.held_out.captions[0], g.held_out.frames[0], g.texts, g.images)
-                         for g in generated[:settings.judge.stories]] if client else []
         if client:
+            judged[alias] = [JudgedStory(g.held_out.captions[0], g.held_out.frames[0], g.texts, g.images)
+                             for g in generated[:settings.judge.stories]]
             result["judge"] = judge_scores(client, judged[alias])
         results[alias] = result
         curves[alias] = runs.per_segment_metrics(result)

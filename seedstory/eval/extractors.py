@@ -213,9 +213,8 @@ def _toy_base(config: SeedStoryConfig) -> str:
 
 
 def _embedding(output) -> torch.Tensor:
-    """transformers 5 returns a model output from get_*_features; 4.x returned the tensor."""
-    features = output if isinstance(output, torch.Tensor) else output.pooler_output
-    return F.normalize(features.float(), dim=-1)
+    """Unit vectors of the projected features (``pooler_output`` of transformers 5's get_*_features)."""
+    return F.normalize(output.pooler_output.float(), dim=-1)
 
 
 def _local_file(uri: str | None, key: str, what: str) -> Path:

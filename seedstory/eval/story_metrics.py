@@ -42,10 +42,9 @@ def image_text_metrics(stories: Sequence[GeneratedStory], extractor: ImageExtrac
     reference = extract(extractor, [frame for s in stories for frame in s.held_out.frames[1:]])
     placed = [(index, story, image) for story in stories for index, image in enumerate(story.images)]
     generated = extract(extractor, [image for _, _, image in placed])
-    text_image = clip_score(_embed_texts(pair, [s.texts[i] for i, s, _ in placed]),
-                            _embed_images(pair, [image for _, _, image in placed]))
-    image_image = clip_score(_embed_images(pair, [image for _, _, image in placed]),
-                             _embed_images(pair, [s.held_out.truth(i) for i, s, _ in placed]))
+    embedded = _embed_images(pair, [image for _, _, image in placed])
+    text_image = clip_score(_embed_texts(pair, [s.texts[i] for i, s, _ in placed]), embedded)
+    image_image = clip_score(embedded, _embed_images(pair, [s.held_out.truth(i) for i, s, _ in placed]))
     at = [index for index, _, _ in placed]
     segments = max(at, default=-1) + 1
     overall = {**_distances(reference, generated, config), "clip_text_image": _mean(text_image),

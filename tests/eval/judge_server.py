@@ -45,7 +45,7 @@ class JudgeServer:
                 self.wfile.write(data)
 
             def log_message(self, *args) -> None:
-                pass
+                """Silent: the tests read what was asked from ``requests``, not from stderr."""
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
