@@ -34,14 +34,6 @@ from seedstory.generation import attention_bench as bench
 from seedstory.generation.pipeline import StoryModels, model_references, resolve_models
 from seedstory.training.registry import CANDIDATE
 
-# A LLaMA where attention is a visible share of decoding at 5k tokens on a 2-core CPU while all
-# seven stories finish in a few minutes; 64 image tokens as in the paper. KEY=VALUE overrides win.
-BENCH_SHAPE = (
-    "model.image_tokens=64", "model.input_resampler.num_queries=64",
-    "model.llm.hidden_size=1024", "model.llm.intermediate_size=2752", "model.llm.num_layers=4",
-    "model.llm.num_heads=8", "model.llm.num_kv_heads=8", "model.llm.max_position_embeddings=8192",
-)
-
 
 def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,7 +77,7 @@ def main() -> None:
 
 def time_and_memory(args: argparse.Namespace, report: dict, summary: dict) -> None:
     settings = bench.BenchSettings(
-        config=args.config, overrides=(*BENCH_SHAPE, *args.overrides), segments=args.segments,
+        config=args.config, overrides=(*bench.BENCH_SHAPE, *args.overrides), segments=args.segments,
         text_tokens=args.text_tokens, window=args.window, recompute_segments=args.recompute_segments,
         caption_tokens=args.caption_tokens, seed=args.seed,
     )

@@ -18,19 +18,14 @@ Writes DIR/serve.json and DIR/serve.png, and takes the service down.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import yaml
 
-from seedstory import storage
+from seedstory import figures, storage
 from seedstory.cli.options import add_config_arguments
 from seedstory.serving import load
 from seedstory.serving.deploy import APP_NAME, DEFAULT_FILE, deploy, shutdown, with_selection
@@ -128,7 +123,7 @@ def verdicts(report: dict, deploy_config: dict) -> list[str]:
 
 
 def plot(report: dict) -> bytes:
-    figure, (latency, painter_heavy, writer_heavy) = plt.subplots(1, 3, figsize=(16, 4.5))
+    figure, (latency, painter_heavy, writer_heavy) = figures.subplots(1, 3, figsize=(16, 4.5))
     levels = sorted(report["levels"], key=int)
     for key, label in (("time_to_first_text_s", "first text"), ("time_to_first_image_s", "first picture"),
                        ("story_s", "whole story")):
@@ -143,11 +138,7 @@ def plot(report: dict) -> bytes:
             axis.step([s["t_s"] for s in trace], [s.get(deployment, 0) for s in trace], where="post", label=deployment)
         axis.set(xlabel="seconds under load", ylabel="running replicas", title=f"{name.replace('_', '-')} load")
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    return buffer.getvalue()
+    return figures.png(figure)
 
 if __name__ == "__main__":
     main()

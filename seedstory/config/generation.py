@@ -23,6 +23,10 @@ class AttentionSinkConfig(Section):
     eoi_after: int = Field(0, ge=0)
     max_anchored_images: int = Field(8, ge=0)
     positions: Literal["absolute", "rerotate"] = "absolute"
+    dense_capacity: int = Field(
+        8192, ge=1, description="tokens a dense-mode story may hold when stories share a batch: its rows are "
+        "allocated up front, so a story whose longest possible length exceeds this is refused",
+    )
 
     @model_validator(mode="after")
     def _anchor_reachable(self) -> "AttentionSinkConfig":

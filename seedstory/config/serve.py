@@ -42,9 +42,24 @@ class DeploymentConfig(Section):
 # A node labelled for one role never hosts the other role's replicas, so each role's node group
 # scales on its own; an unlabelled node (the local stack's) hosts both.
 class WriterConfig(DeploymentConfig):
-    """The writer holds one attention-sink cache per story in flight."""
+    """The writer batches the stories in flight on a replica, one attention-sink cache row each."""
 
     label_selector: dict[str, str] = Field(default_factory=lambda: {ROLE_LABEL: "!painter"})
+    max_stories: int | None = Field(
+        None, ge=1, description="stories a replica writes in one batch (its cache rows, allocated at start); "
+        "default max_ongoing_requests, so every request a replica accepts writes at once",
+    )
+
+    @model_validator(mode="after")
+    def _rows_can_fill(self) -> "WriterConfig":
+        if self.max_stories is not None and self.max_stories > self.max_ongoing_requests:
+            raise ValueError(f"max_stories ({self.max_stories}) exceeds max_ongoing_requests "
+                             f"({self.max_ongoing_requests}): rows no request could fill")
+        return self
+
+    @property
+    def batch(self) -> int:
+        return self.max_stories or self.max_ongoing_requests
 
 
 class PainterConfig(DeploymentConfig):

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seedstory import figures
 from seedstory.config.evaluation import EvalConfig
 from seedstory.data.toyworld.judge import Judge
 from seedstory.eval import toy_world
@@ -74,15 +74,10 @@ def toy_judge_metrics(stories: Sequence[GeneratedStory], judge: Judge) -> dict:
 
 def plot_per_segment(curves: dict[str, dict[str, list[float | None]]], training_frames: int) -> bytes:
     """One panel per metric, one line per evaluated model, against segment index."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = sorted({name for metrics in curves.values() for name in metrics if not name.endswith("_std")})
     columns = min(len(names), 4)
     rows = -(-len(names) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    figure, axes = figures.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
     for axis in axes.flat[len(names):]:
         axis.set_visible(False)
     for axis, name in zip(axes.flat, names):
@@ -93,11 +88,7 @@ def plot_per_segment(curves: dict[str, dict[str, list[float | None]]], training_
         axis.axvline(training_frames - 1.5, color="grey", linestyle=":")
         axis.set(xlabel="segment", title=name)
     axes.flat[0].legend(fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
+    return figures.png(figure, dpi=100)
 
 
 def _distances(reference: FeatureSet, generated: FeatureSet, config: EvalConfig) -> dict[str, float]:

@@ -15,13 +15,13 @@ caption:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from seedstory import figures
 from seedstory.data.layout import StoryLayout
 from seedstory.data.pixels import vit_pixels
 from seedstory.data.toyworld.judge import Judge, coherence_of_facts, consistency_of_facts
@@ -119,12 +119,7 @@ def overall(runs: list[dict[str, list[float]]]) -> dict[str, float]:
 
 def plot_per_segment(curves: dict[str, dict[str, list[float | None]]], training_frames: int) -> bytes:
     """One panel per score, one line per attention variant, against segment index."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 3, figsize=(17, 4.5), sharey=True)
+    figure, axes = figures.subplots(1, 3, figsize=(17, 4.5), sharey=True)
     for axis, name in zip(axes, ("validity", "coherence", "consistency")):
         for variant, scores in curves.items():
             index = [i for i, v in enumerate(scores[name]) if v is not None]
@@ -133,8 +128,4 @@ def plot_per_segment(curves: dict[str, dict[str, list[float | None]]], training_
         axis.set(xlabel="segment", title=f"caption {name}" if name == "validity" else f"image {name}", ylim=(0, 1.02))
     axes[0].set_ylabel("mean over test stories")
     axes[0].legend(fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    return buffer.getvalue()
+    return figures.png(figure)

@@ -32,6 +32,7 @@ from seedstory.data.badrecords import BadRecordError
 from seedstory.data.images import decode_image
 from seedstory.data.pixels import vit_pixels
 from seedstory.generation.story import Outcome, SegmentStats, Story, StoryGenerator, StoryStart
+from seedstory.generation.story_engine import StoryEngine
 from seedstory.generation.storybook import Storybook
 from seedstory.models.detokenizer import Detokenizer
 from seedstory.models.export import export_model_config, load_detokenizer, load_mllm
@@ -273,10 +274,20 @@ class StoryWriter:
         generator = StoryGenerator(self.mllm, settings, settings.cache,
                                    eos_id=self.tokenizer.eos_token_id, separator_ids=self.separator_ids)
         loop = generator.generate(start)
-        segments = (WrittenSegment(index=s.index, features=s.features, stats=s.stats,
-                                   text=self.tokenizer.decode(s.text_ids, skip_special_tokens=True).strip())
+        segments = (WrittenSegment(index=s.index, features=s.features, stats=s.stats, text=self.text(s.text_ids))
                     for s in loop)
         return loop, segments
+
+    def text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def engine(self, max_stories: int) -> StoryEngine:
+        """A continuous-batching engine for up to ``max_stories`` stories with this writer's model and cache."""
+        if self.config.story.context != "cache":
+            raise ValueError(f"story.context is {self.config.story.context!r}, which re-encodes the context of one "
+                             "story at a time: a batched writer needs story.context=cache")
+        return StoryEngine(self.mllm, self.config.story.cache, max_stories=max_stories,
+                           eos_id=self.tokenizer.eos_token_id, separator_ids=self.separator_ids)
 
 
 class StoryPipeline:

@@ -27,6 +27,23 @@ from seedstory.generation.rope import rerotate, static_inv_freq
 from seedstory.generation.slots import SlotTable, StepPlan, rotation_for
 
 
+def relayout(keys: torch.Tensor, values: torch.Tensor, pristine_keys: torch.Tensor | None, plan: StepPlan,
+             inv_freq: torch.Tensor | None) -> None:
+    """Apply a plan's moves, pristine copies and re-rotations to one story's buffers ``[1, heads, slots, dim]``."""
+    device = keys.device
+    if plan.move_src.numel():
+        src, dst = plan.index("move_src", device), plan.index("move_dst", device)
+        keys.index_copy_(2, dst, keys.index_select(2, src))
+        values.index_copy_(2, dst, values.index_select(2, src))
+    if plan.save_slots.numel():
+        saved = keys.index_select(2, plan.index("save_slots", device))
+        pristine_keys.index_copy_(2, plan.index("save_pristine", device), saved)
+    if plan.rotate_slots.numel():
+        cos, sin = rotation_for(plan, inv_freq, device)
+        pristine = pristine_keys.index_select(2, plan.index("rotate_pristine", device))
+        keys.index_copy_(2, plan.index("rotate_slots", device), rerotate(pristine, cos, sin))
+
+
 class SinkCacheLayer(CacheLayerMixin):
     """One layer's key/value buffers; the shared ``SlotTable`` decides what goes where."""
 
@@ -55,19 +72,7 @@ class SinkCacheLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         if plan.capacity > self.keys.shape[2]:
             self._grow(plan.capacity)
-        device = self.keys.device
-        if plan.move_src.numel():
-            src, dst = plan.index("move_src", device), plan.index("move_dst", device)
-            self.keys.index_copy_(2, dst, self.keys.index_select(2, src))
-            self.values.index_copy_(2, dst, self.values.index_select(2, src))
-        if plan.save_slots.numel():
-            self.pristine_keys.index_copy_(
-                2, plan.index("save_pristine", device), self.keys.index_select(2, plan.index("save_slots", device))
-            )
-        if plan.rotate_slots.numel():
-            cos, sin = rotation_for(plan, self.inv_freq, device)
-            pristine = self.pristine_keys.index_select(2, plan.index("rotate_pristine", device))
-            self.keys.index_copy_(2, plan.index("rotate_slots", device), rerotate(pristine, cos, sin))
+        relayout(self.keys, self.values, self.pristine_keys, plan, self.inv_freq)
         held, after = plan.held, plan.stored_after
         if plan.decode_slot is not None:
             slot = plan.decode_slot

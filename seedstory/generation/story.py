@@ -110,6 +110,26 @@ class Story:
         return self.segments
 
 
+def token_embeds(model: StoryModel, ids: Sequence[int]) -> torch.Tensor:
+    """[1, len(ids), D]."""
+    return model.embed_tokens(torch.tensor([list(ids)], device=model.llm.device))
+
+
+def image_block(model: StoryModel, features: torch.Tensor, separator_ids: Sequence[int]) -> torch.Tensor:
+    """[1, N + 2 + len(separator), D]: BOI, the context image's N embeddings, EOI, separator."""
+    boi = token_embeds(model, [model.layout.boi])
+    parts = [boi, model.embed_image(features[None]).to(boi.dtype), token_embeds(model, [model.layout.eoi])]
+    if separator_ids:
+        parts.append(token_embeds(model, separator_ids))
+    return torch.cat(parts, dim=1)
+
+
+def image_queries(model: StoryModel) -> torch.Tensor:
+    """[1, N + 1, D]: BOI and the N learned image queries, whose last hidden states regress the image."""
+    boi = token_embeds(model, [model.layout.boi])
+    return torch.cat([boi, model.image_query_embeds()[None].to(boi.dtype)], dim=1)
+
+
 class _Stop(Exception):
     def __init__(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -139,16 +159,10 @@ class StoryGenerator:
         return self.model.llm.device
 
     def _ids(self, ids: Sequence[int]) -> torch.Tensor:
-        return self.model.embed_tokens(torch.tensor([list(ids)], device=self._device))
+        return token_embeds(self.model, ids)
 
     def _image_block(self, features: torch.Tensor) -> torch.Tensor:
-        """[1, N + 2 + len(separator), D]: BOI, the context image's N embeddings, EOI, separator."""
-        layout = self.model.layout
-        boi = self._ids([layout.boi])
-        parts = [boi, self.model.embed_image(features[None]).to(boi.dtype), self._ids([layout.eoi])]
-        if self.separator_ids:
-            parts.append(self._ids(self.separator_ids))
-        return torch.cat(parts, dim=1)
+        return image_block(self.model, features, self.separator_ids)
 
     def _append(self, cache: SinkCache, embeds: torch.Tensor, image_at: int | None = None) -> torch.Tensor:
         """Commit ``embeds`` to the cache (declaring an image whose BOI is ``image_at`` into it); last logits."""
@@ -198,8 +212,7 @@ class StoryGenerator:
         committed forward per token, into a cache the next segment rebuilds anyway; causal attention
         makes the hidden states the same.
         """
-        boi = self._ids([self.model.layout.boi])
-        embeds = torch.cat([boi, self.model.image_query_embeds()[None].to(boi.dtype)], dim=1)
+        embeds = image_queries(self.model)
         if token_by_token:
             hidden = torch.cat([self.model.step(embeds[:, i : i + 1], cache, logits_to_keep=1)[1]
                                 for i in range(embeds.shape[1])], dim=1)

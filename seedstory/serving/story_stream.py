@@ -98,7 +98,7 @@ class StoryStream:
             self._stop(next_segment, paintings)
         write_s = end["write_s"]
         wall_s = time.perf_counter() - began
-        stats.update(segments=len(record.texts), write_s=write_s, paint_s=paint_s, wall_s=wall_s,
+        stats.update(segments=len(record.texts), batch=end["batch"], write_s=write_s, paint_s=paint_s, wall_s=wall_s,
                      wall_over_slower=wall_s / max(write_s, paint_s, 1e-9))
         try:
             stats["saved"] = await asyncio.to_thread(self._save, end["outcome"])

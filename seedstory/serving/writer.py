@@ -1,16 +1,17 @@
-"""The writer deployment: the MLLM and the story loop, streaming each segment as soon as it is written.
+"""The writer deployment: the MLLM and the story engine, streaming each segment as soon as it is written.
 
-A story's state (its sink cache, its sampler) lives in the call that writes it, never on the
-replica, so a replica writes up to ``max_ongoing_requests`` stories at once; each segment is
-computed on a worker thread (torch releases the GIL), which keeps the replica's event loop free
-to accept, stream and cancel. A story keeps the models it started with when a re-deploy swaps
-them.
+The stories in flight on a replica are written together, continuously batched by a ``StoryEngine``
+(one cache row each, ``serve.writer.max_stories`` rows) that one thread steps while there is work;
+torch releases the GIL, so the replica's event loop stays free to accept, stream and cancel. A
+request submits its story, then relays the segments the engine hands to it. A re-deploy starts a new
+engine with the new models; the old one finishes the stories it holds and its thread ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
@@ -18,16 +19,61 @@ from typing import Any
 from PIL import Image
 from ray import serve
 
-from seedstory.generation.pipeline import StoryWriter, load_writer, story_settings
+from seedstory.generation.pipeline import StoryInputError, StoryWriter, load_writer, story_settings
+from seedstory.generation.story import Segment
+from seedstory.generation.story_engine import EngineStory, StoryEngine
 from seedstory.serving.selection import ModelSelection
 
 logger = logging.getLogger("ray.serve")
+
+
+class EngineThread:
+    """Steps one engine on its own thread whenever it has stories; ``close`` lets it finish them and end."""
+
+    def __init__(self, engine: StoryEngine, name: str) -> None:
+        self.engine = engine
+        self._work = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, *args: Any, **kwargs: Any) -> EngineStory:
+        story = self.engine.submit(*args, **kwargs)
+        with self._work:
+            self._work.notify()
+        return story
+
+    def cancel(self, story: EngineStory) -> None:
+        self.engine.cancel(story)
+        with self._work:
+            self._work.notify()
+
+    def close(self) -> None:
+        with self._work:
+            self._closed = True
+            self._work.notify()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._work:
+                self._work.wait_for(lambda: self._closed or not self.engine.idle)
+                if self._closed and self.engine.idle:
+                    return
+            try:
+                self.engine.step()
+            except Exception as err:  # every story in the batch ends with the error; the thread lives on
+                logger.exception("story engine step failed; ending its %d stories", len(self.engine.active))
+                self.engine.abort(err)
 
 
 @serve.deployment(name="writer")
 class Writer:
     def __init__(self) -> None:
         self._writer: StoryWriter | None = None
+        self._engine: EngineThread | None = None
         self._models: dict[str, Any] = {}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -35,11 +81,16 @@ class Writer:
         config = selection.load()
         source = selection.resolve(config)["mllm"]
         if self._writer is not None and self._models["mllm"]["uri"] == source.uri:
-            self._writer = StoryWriter(self._writer.mllm, self._writer.tokenizer, self._writer.vit, config)
+            writer = StoryWriter(self._writer.mllm, self._writer.tokenizer, self._writer.vit, config)
         else:
-            self._writer = StoryWriter(*load_writer(source.uri), config)
+            writer = StoryWriter(*load_writer(source.uri), config)
+        if self._engine is not None:
+            self._engine.close()
+        self._writer = writer
+        self._engine = EngineThread(writer.engine(config.serve.writer.batch), name=f"story-engine-{source.version}")
         self._models = {"mllm": asdict(source)}
-        logger.info("writer serves %s (version %s)", source.reference, source.version)
+        logger.info("writer serves %s (version %s), %d stories per batch", source.reference, source.version,
+                    config.serve.writer.batch)
 
     def models(self) -> dict[str, Any]:
         return self._models
@@ -47,24 +98,32 @@ class Writer:
     async def write(self, story_id: str, text: str, image: Image.Image | None, segments: int, seed: int | None
                     ) -> AsyncIterator[dict[str, Any]]:
         """``story`` (once the opening is accepted), one ``segment`` per segment, then ``end``."""
-        writer, models = self._writer, self._models
+        writer, engine, models = self._writer, self._engine, self._models
         settings = writer.settings(segments, seed)
         start = await asyncio.to_thread(writer.opening, text, image)
+        loop = asyncio.get_running_loop()
+        written: asyncio.Queue[Segment | None] = asyncio.Queue()
+        try:
+            story = engine.submit(start, settings,
+                                  listener=lambda _, segment: loop.call_soon_threadsafe(written.put_nowait, segment))
+        except ValueError as err:  # e.g. a dense story longer than its row: the request, not the replica, is wrong
+            raise StoryInputError(f"segments: {err}") from None
         yield {"type": "story", "models": models, "seed": settings.seed,
                "config": story_settings(writer.config, settings)}
-        loop, written = writer.write(start, settings)
-        write_s, count = 0.0, 0
+        write_s = 0.0
         try:
             while True:
-                began = asyncio.get_running_loop().time()
-                segment = await asyncio.to_thread(next, written, None)
-                write_s += asyncio.get_running_loop().time() - began
+                began = loop.time()
+                segment = await written.get()
+                write_s += loop.time() - began
                 if segment is None:
                     break
-                count += 1
-                yield {"type": "segment", "index": segment.index, "text": segment.text,
+                yield {"type": "segment", "index": segment.index, "text": writer.text(segment.text_ids),
                        "features": segment.features, "stats": asdict(segment.stats)}
         except (asyncio.CancelledError, GeneratorExit):
-            logger.info("story %s cancelled after %d of %d segments", story_id, count, settings.segments)
+            engine.cancel(story)
+            logger.info("story %s cancelled after %d of %d segments", story_id, len(story.segments), settings.segments)
             raise
-        yield {"type": "end", "outcome": loop.outcome.value, "write_s": write_s}
+        if story.error is not None:
+            raise RuntimeError(f"story {story_id}: {story.error}")
+        yield {"type": "end", "outcome": story.outcome.value, "write_s": write_s, "batch": story.peak_batch}

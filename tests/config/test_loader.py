@@ -110,3 +110,10 @@ def test_each_tiny_preset_has_a_story_per_llm_base_sample_of_a_step(preset):
     config = load_config(preset)
     train = sum(split_of(config.data.toy, index) == "train" for index in range(config.data.toy.stories))
     assert train >= config.train.llm_pretrain.micro_batch_size * config.train.llm_pretrain.num_workers
+
+
+def test_a_writer_batches_every_request_it_accepts_unless_told_fewer():
+    assert load_config("tiny", ["serve.writer.max_ongoing_requests=6"]).serve.writer.batch == 6
+    assert load_config("tiny", ["serve.writer.max_stories=2"]).serve.writer.batch == 2
+    with pytest.raises(ConfigError, match=r"max_stories \(9\) exceeds max_ongoing_requests \(4\)"):
+        load_config("tiny", ["serve.writer.max_ongoing_requests=4", "serve.writer.max_stories=9"])

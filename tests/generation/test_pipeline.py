@@ -12,7 +12,7 @@ from seedstory.data.pixels import vit_pixels
 from seedstory.data.toyworld.generate import toy_story
 from seedstory.data.toyworld.render import render_frame
 from seedstory.generation.pipeline import (
-    StoryInputError, StoryModels, StoryPipeline, model_references, resolve_models,
+    StoryInputError, StoryModels, StoryPipeline, StoryWriter, model_references, resolve_models,
 )
 
 pytestmark = pytest.mark.stack
@@ -59,6 +59,26 @@ def test_a_story_has_its_segments_text_and_one_picture_each(pipeline, story_mode
     assert [p.tobytes() for p in again.images()] == [p.tobytes() for p in images], "seeded painting repeats"
     timings = story.timings
     assert timings.wall_s > 0 and timings.write_s > 0 and timings.paint_s > 0
+
+
+def test_the_writer_s_batch_engine_writes_what_the_one_story_loop_writes(pipeline, story_models):
+    writer = pipeline.writer
+    text, image = opening(story_models.config)
+    settings = writer.settings(3, 5)
+    start = writer.opening(text, image)
+    _, alone = writer.write(start, settings)
+    alone = list(alone)
+    engine = writer.engine(max_stories=2)
+    batched = engine.submit(start, settings)
+    engine.submit(writer.opening("Another opening.", None), writer.settings(2, 6))
+    engine.run()
+    assert [writer.text(s.text_ids) for s in batched.segments] == [s.text for s in alone]
+    for mine, theirs in zip(batched.segments, alone, strict=True):
+        torch.testing.assert_close(mine.features, theirs.features, rtol=0, atol=1e-5)
+    config = story_models.config
+    recompute = config.model_copy(update={"story": config.story.model_copy(update={"context": "recompute-window"})})
+    with pytest.raises(ValueError, match="story.context=cache"):
+        StoryWriter(writer.mllm, writer.tokenizer, writer.vit, recompute).engine(2)
 
 
 def test_the_story_loop_never_waits_for_a_picture(pipeline, story_models):

@@ -7,6 +7,7 @@ import io
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -88,6 +89,20 @@ def test_a_served_story_is_the_one_seedstory_generate_writes(service, story_mode
     served = {e["index"]: pixels(base64.b64decode(e["png"])) for e in events if e["type"] == "image"}
     for index, image in enumerate(local.images()):
         assert np.abs(served[index] - np.asarray(image, dtype=np.int16)).max() <= 2
+
+
+def test_stories_in_flight_together_share_a_writer_replica_s_forwards(service):
+    """Three concurrent stories on at most two writer replicas: some forward served more than one story."""
+    barrier = threading.Barrier(3)
+
+    def one(seed: int) -> list[dict]:
+        barrier.wait()
+        return service.story({"text": f"Fox {seed} runs.", "segments": 12, "seed": seed})
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        ends = [events[-1] for events in pool.map(one, range(3))]
+    assert [end["type"] for end in ends] == ["done"] * 3, ends
+    assert max(end["stats"]["batch"] for end in ends) >= 2, [end["stats"] for end in ends]
 
 
 @pytest.mark.parametrize("path, payload, status, field", [

@@ -1,0 +1,321 @@
+"""Many stories per model: continuous batching of the story loop under the multimodal attention sink.
+
+Each story is the story loop written as a program (``_program``) that asks for forwards of its own
+tokens and gets back logits or hidden states; the engine runs the forwards of many stories together,
+one ``BatchSinkCache`` row each. ``StoryGenerator``, the one-story loop, is the reference it is tested
+against: a story written in a batch is the story written alone. A story keeps its own kept set, slot table, positions, anchors and
+sampler, so what it writes does not depend on what shares the batch.
+
+Scheduling, one ``step``: stories waiting for a row take the free ones (first come, first served);
+then every story's next forward runs, grouped so that one forward serves a group:
+
+- every story decoding text runs in one batched single-token forward. Decoding reads every weight
+  to make one token per story, so it is bound by memory bandwidth and a batch of B costs little more
+  than a batch of one;
+- chunks (a prompt piece, an image block, the image-query preview) are grouped by length and kind:
+  previews all have N + 1 tokens and image blocks N + 2 + separator tokens, so they batch without
+  padding; prompts are cut into pieces of at most ``prompt_chunk`` tokens, so a long prompt never
+  stalls the others' decoding for more than one piece. Chunks are compute bound: padding one to
+  another's length would cost what it pads.
+
+Chunk forwards run before the step's decode forward, so a story that finished its image block this
+step decodes in the next one; the decode steps of the others wait for this step's chunks, which is
+the latency a batch costs (measured in ``jobs/bench_batching.py``).
+
+Admission is exact: a bounded mode's row holds its kept set whatever the story's length; a dense row
+holds ``cache.dense_capacity`` tokens and a story whose longest possible length exceeds it is refused
+at submission. Stories leave when they finish or are cancelled, freeing their row for the next.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from seedstory.config.generation import AttentionSinkConfig, StoryConfig
+from seedstory.generation.batch_cache import BatchSinkCache
+from seedstory.generation.sampling import TokenSampler
+from seedstory.generation.story import (
+    Outcome, Segment, SegmentStats, StoryModel, StoryStart, image_block, image_queries, token_embeds,
+)
+
+
+DECODE = (1, True, False)  # the group of a text token's forward: one token, committed, logits
+
+
+@dataclass
+class Forward:
+    """What a story asks of the engine: run ``embeds`` [q, D]; get the last logits [V] or hidden states [q, D]."""
+
+    embeds: torch.Tensor
+    commit: bool = True
+    image_at: int | None = None  # offset in ``embeds`` of the BOI of an image to declare to the cache
+    hidden: bool = False
+
+    @property
+    def group(self) -> tuple[int, bool, bool]:
+        return self.embeds.shape[0], self.commit, self.hidden
+
+
+@dataclass
+class ForwardTally:
+    """What one kind of forward (decode or chunk) has cost so far."""
+
+    forwards: int = 0
+    stories: int = 0  # summed over forwards: a decode forward's occupancy is stories / forwards
+    dummy_rows: int = 0  # rows carried without a token of theirs (see BatchSinkCache)
+    seconds: float = 0.0
+
+
+@dataclass
+class EngineStory:
+    """A story in the engine: ``segments`` grow as it writes; ``done`` once it finished or was cancelled."""
+
+    id: int
+    start: StoryStart
+    settings: StoryConfig
+    listener: Callable[[EngineStory, Segment | None], None] | None = None
+    row: int | None = None
+    segments: list[Segment] = field(default_factory=list)
+    outcome: Outcome | None = None
+    cancelled: bool = False
+    error: str | None = None  # why the engine ended it, when a forward failed
+    peak_batch: int = 0  # the most stories one of its forwards served
+    token_times: list[list[float]] = field(default_factory=list)  # per segment: when each text token was chosen
+    submitted_at: float = field(default_factory=time.perf_counter)
+    finished_at: float | None = None
+    _program: Generator[Forward, tuple[torch.Tensor, float], None] | None = None
+    _pending: Forward | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None
+
+
+class StoryEngine:
+    """Advances up to ``max_stories`` stories together; call ``step`` (or ``run``) from one thread.
+
+    ``submit`` and ``cancel`` may be called from any thread; they take effect at the next step.
+    """
+
+    def __init__(self, model: StoryModel, cache: AttentionSinkConfig, *, max_stories: int, eos_id: int,
+                 separator_ids: Sequence[int] = (), prompt_chunk: int = 64) -> None:
+        if max_stories < 1 or prompt_chunk < 1:
+            raise ValueError(f"max_stories and prompt_chunk must be at least 1, got {max_stories}, {prompt_chunk}")
+        self.model = model
+        self.cache_config = cache
+        self.eos_id = eos_id
+        self.separator_ids = list(separator_ids)
+        self.prompt_chunk = prompt_chunk
+        dtype = next(model.llm.parameters()).dtype
+        self.cache = BatchSinkCache(cache, model.llm.config, max_stories, dtype=dtype, device=model.llm.device)
+        self.rows: list[EngineStory | None] = [None] * max_stories
+        self._waiting: deque[EngineStory] = deque()
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self.steps = 0
+        self.decodes = ForwardTally()
+        self.chunks = ForwardTally()
+
+    @property
+    def max_stories(self) -> int:
+        return len(self.rows)
+
+    @property
+    def forwards(self) -> int:
+        return self.decodes.forwards + self.chunks.forwards
+
+    @property
+    def active(self) -> list[EngineStory]:
+        return [story for story in self.rows if story is not None]
+
+    @property
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._waiting and not self.active
+
+    def image_block_tokens(self) -> int:
+        return len(self.model.layout.image) + 2 + len(self.separator_ids)
+
+    def longest(self, start: StoryStart, settings: StoryConfig) -> int:
+        """The most tokens ``start`` continued by ``settings`` can put in the cache."""
+        block = self.image_block_tokens()
+        opening = len(start.token_ids) + (block if start.image_features is not None else 0)
+        return opening + settings.segments * (settings.max_text_tokens + block)
+
+    def submit(self, start: StoryStart, settings: StoryConfig,
+               listener: Callable[[EngineStory, Segment | None], None] | None = None) -> EngineStory:
+        """Queue a story; ``listener(story, segment)`` hears each segment, then ``(story, None)`` at the end."""
+        if not start.token_ids:
+            raise ValueError("a story start needs at least the BOS token")
+        if settings.context != "cache":
+            raise ValueError(f"the story engine keeps each story's context in its cache; context "
+                             f"{settings.context!r} re-encodes it every segment and runs only one story at a time")
+        if self.cache_config.mode == "dense" and self.longest(start, settings) > self.cache.capacity:
+            raise ValueError(f"a dense story of {settings.segments} segments may reach {self.longest(start, settings)} "
+                             f"tokens, more than cache.dense_capacity ({self.cache.capacity})")
+        story = EngineStory(id=next(self._ids), start=start, settings=settings, listener=listener)
+        with self._lock:
+            self._waiting.append(story)
+        return story
+
+    def cancel(self, story: EngineStory) -> None:
+        """Stop ``story`` at the next step and free its row (its listener hears the end)."""
+        story.cancelled = True
+
+    def abort(self, error: BaseException) -> None:
+        """End every story, active or waiting, with ``error``: after a failed forward no row can be trusted."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), deque()
+        for story in [*self.active, *waiting]:
+            story.error = f"{type(error).__name__}: {error}"
+        self._leave(self.active)
+        for story in waiting:
+            self._finish(story)
+
+    def run(self) -> None:
+        """Step until every submitted story is done."""
+        while not self.idle:
+            self.step()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self._leave([s for s in self.active if s.cancelled])
+        self._admit()
+        groups: dict[tuple[int, bool, bool], list[EngineStory]] = {}
+        for story in self.active:
+            groups.setdefault(story._pending.group, []).append(story)
+        decode = groups.pop(DECODE, [])
+        for group in groups.values():
+            self._forward(group)
+        if decode:
+            self._forward(decode)
+        self.steps += 1
+
+    def _admit(self) -> None:
+        with self._lock:
+            while self._waiting:
+                if self._waiting[0].cancelled:
+                    self._finish(self._waiting.popleft())
+                    continue
+                free = next((row for row, story in enumerate(self.rows) if story is None), None)
+                if free is None:
+                    return
+                story = self._waiting.popleft()
+                story.row = free
+                self.rows[free] = story
+                self.cache.open(free)
+                story._program = self._program(story)
+                story._pending = next(story._program)
+
+    def _forward(self, group: list[EngineStory]) -> None:
+        group.sort(key=lambda story: story.row)
+        forward = group[0]._pending
+        rows = [story.row for story in group]
+        for story in group:
+            image_at = story._pending.image_at
+            if image_at is not None:
+                boi = self.cache.seen(story.row) + image_at
+                self.cache.add_image(story.row, boi, boi + len(self.model.layout.image) + 1)
+        began = time.perf_counter()
+        covered, positions, mask = self.cache.begin(rows, forward.embeds.shape[0], commit=forward.commit)
+        at = {row: i for i, row in enumerate(covered)}
+        embeds = forward.embeds.new_zeros(len(covered), *forward.embeds.shape)
+        for story in group:
+            embeds[at[story.row]] = story._pending.embeds
+        logits, hidden = self.model.step(embeds, self.cache, attention_mask=mask, position_ids=positions,
+                                         logits_to_keep=1)
+        seconds = time.perf_counter() - began
+        tally = self.decodes if forward.group == DECODE else self.chunks
+        tally.forwards += 1
+        tally.stories += len(group)
+        tally.dummy_rows += len(covered) - len(group)
+        tally.seconds += seconds
+        finished = []
+        for story in group:
+            story.peak_batch = max(story.peak_batch, len(group))
+            result = hidden[at[story.row]] if story._pending.hidden else logits[at[story.row], -1]
+            try:
+                story._pending = story._program.send((result, seconds))
+            except StopIteration:
+                finished.append(story)
+        self._leave(finished)
+
+    def _leave(self, stories: list[EngineStory]) -> None:
+        for story in stories:
+            self.cache.close(story.row)
+            self.rows[story.row] = None
+            if story._program is not None:
+                story._program.close()
+            self._finish(story)
+
+    def _finish(self, story: EngineStory) -> None:
+        story.finished_at = time.perf_counter()
+        story._pending = None
+        if story.listener is not None:
+            story.listener(story, None)
+
+    def _ids_embeds(self, ids: Sequence[int]) -> torch.Tensor:
+        return token_embeds(self.model, ids)[0]
+
+    def _program(self, story: EngineStory) -> Generator[Forward, tuple[torch.Tensor, float], None]:
+        """The story loop of ``StoryGenerator`` (context in the cache), one forward at a time."""
+        start, settings = story.start, story.settings
+        sampler = TokenSampler(settings, device=self.model.llm.device)
+        began = time.perf_counter()
+        context_s = 0.0
+        prompt = self._ids_embeds(start.token_ids)
+        for piece in prompt.split(self.prompt_chunk):
+            logits, seconds = yield Forward(piece)
+            context_s += seconds
+        if start.image_features is not None:
+            logits, seconds = yield Forward(image_block(self.model, start.image_features, self.separator_ids)[0],
+                                            image_at=0)
+            context_s += seconds
+        for index in range(settings.segments):
+            text: list[int] = []
+            times: list[float] = []
+            story.token_times.append(times)
+            decode_s, forced = 0.0, False
+            while True:
+                token = sampler(logits)
+                times.append(time.perf_counter())
+                if token == self.model.layout.boi:
+                    break
+                if token == self.eos_id:
+                    story.outcome = Outcome.EOS
+                    return
+                logits, seconds = yield Forward(self._ids_embeds([token]))
+                decode_s += seconds
+                text.append(token)
+                if len(text) >= settings.max_text_tokens:
+                    if settings.on_text_budget == "stop":
+                        story.outcome = Outcome.TEXT_BUDGET_EXHAUSTED
+                        return
+                    forced = True
+                    break
+            hidden, image_s = yield Forward(image_queries(self.model)[0], commit=False, hidden=True)
+            segment = Segment(
+                index=index, text_ids=text, features=self.model.regress(hidden[None, 1:])[0],
+                stats=SegmentStats(
+                    wall_s=time.perf_counter() - began, text_tokens=len(text), decode_steps=len(text),
+                    decode_s=decode_s, context_s=context_s, image_s=image_s,
+                    kv_bytes=self.cache.row_bytes(), kv_held_bytes=self.cache.held_bytes(story.row),
+                    held_tokens=self.cache.table(story.row).stored, forced_image=forced,
+                ),
+            )
+            story.segments.append(segment)
+            if story.listener is not None:
+                story.listener(story, segment)
+            if index + 1 == settings.segments:
+                break
+            began = time.perf_counter()
+            logits, context_s = yield Forward(image_block(self.model, segment.features, self.separator_ids)[0],
+                                              image_at=0)
+        story.outcome = Outcome.COMPLETED

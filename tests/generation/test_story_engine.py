@@ -1,0 +1,156 @@
+"""Continuous batching: stories in a batch equal the same stories alone; rows are reused; admission is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seedstory.config.generation import AttentionSinkConfig, StoryConfig
+from seedstory.generation.story import Outcome, StoryGenerator, StoryStart
+from seedstory.generation.story_engine import StoryEngine
+
+from .test_story import EOS, SEPARATOR, tiny_mllm
+
+# Small enough that every story evicts and anchors images (about 25 tokens per segment).
+CACHES = {
+    "mm-sink": AttentionSinkConfig(window=48, boi_after=2, eoi_before=3),
+    "mm-sink/rerotate": AttentionSinkConfig(window=48, boi_after=2, eoi_before=3, positions="rerotate"),
+    "dense": AttentionSinkConfig(mode="dense", dense_capacity=400),
+}
+STORIES = 8
+
+
+def start(model, seed: int) -> StoryStart:
+    """Openings of different lengths; every third one without an image."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(model.output_resampler.num_queries, model.output_resampler.embed_dim, generator=generator)
+    return StoryStart(token_ids=[1, *range(40 + seed, 43 + 2 * seed)], image_features=features if seed % 3 else None)
+
+
+def settings(kind: int, **story) -> StoryConfig:
+    """Stories of 3 to 6 segments with 4 to 8 text tokens each (BOI forced), so phases drift apart."""
+    return StoryConfig(**{"segments": 3 + kind % 4, "max_text_tokens": 4 + kind % 5,
+                          "on_text_budget": "force-image", **story})
+
+
+def engine(model, cache: AttentionSinkConfig, max_stories: int, prompt_chunk: int = 3) -> StoryEngine:
+    return StoryEngine(model, cache, max_stories=max_stories, eos_id=EOS, separator_ids=SEPARATOR,
+                       prompt_chunk=prompt_chunk)
+
+
+@pytest.fixture(scope="module", params=["eager", "sdpa"])
+def mllm(request):
+    model = tiny_mllm()
+    model.llm.config._attn_implementation = request.param
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CACHES))
+def alone(request, mllm):
+    """Each story written by the one-story loop."""
+    cache = CACHES[request.param]
+    stories = []
+    for seed in range(STORIES):
+        loop = StoryGenerator(mllm, settings(seed), cache, eos_id=EOS, separator_ids=SEPARATOR)
+        story = loop.generate(start(mllm, seed))
+        stories.append((list(story), story.outcome))
+    return cache, stories
+
+
+@pytest.mark.parametrize("max_stories", [1, 3, 8])
+def test_a_story_in_a_batch_equals_the_story_alone(mllm, alone, max_stories):
+    """Greedy, stories arriving at different steps: identical token ids, features within 1e-5 (eager and SDPA)."""
+    cache, expected = alone
+    batched = engine(mllm, cache, max_stories)
+    stories = []
+    for seed in range(STORIES):
+        stories.append(batched.submit(start(mllm, seed), settings(seed)))
+        for _ in range(seed % 3):
+            batched.step()
+    batched.run()
+    for story, (segments, outcome) in zip(stories, expected):
+        assert story.outcome is outcome is Outcome.COMPLETED
+        assert [s.text_ids for s in story.segments] == [s.text_ids for s in segments]
+        for mine, theirs in zip(story.segments, segments):
+            torch.testing.assert_close(mine.features, theirs.features, rtol=0, atol=1e-5)
+            assert mine.stats.held_tokens == theirs.stats.held_tokens
+    if max_stories > 1:
+        assert batched.forwards > batched.steps, "no step mixed decoding with chunks: phases never overlapped"
+    if max_stories == 8:
+        assert batched.decodes.dummy_rows > 0, "no decode forward spanned a row between chunks"
+
+
+def test_rows_are_reused_and_memory_stays_fixed_over_100_joins_and_leaves(mllm):
+    batched = engine(mllm, CACHES["mm-sink"], max_stories=3)
+    buffers = [(t.data_ptr(), t.numel()) for layer in batched.cache.layers for t in (layer.keys, layer.values)]
+    allocated = batched.cache.tensor_bytes()
+    stories, most_active = [], 0
+    for seed in range(100):
+        stories.append(batched.submit(start(mllm, seed % 5), settings(seed, segments=1 + seed % 2)))
+        batched.step()
+        most_active = max(most_active, len(batched.active))
+    batched.run()
+    assert all(story.outcome is Outcome.COMPLETED for story in stories)
+    assert most_active == 3 and {story.row for story in stories} == {0, 1, 2}
+    assert [(t.data_ptr(), t.numel()) for layer in batched.cache.layers for t in (layer.keys, layer.values)] == buffers
+    assert batched.cache.tensor_bytes() == allocated and batched.cache.tables == [None] * 3
+
+
+def test_a_story_that_does_not_fit_waits_for_a_row(mllm):
+    batched = engine(mllm, CACHES["mm-sink"], max_stories=2)
+    first, second, third = (batched.submit(start(mllm, s), settings(s, segments=1)) for s in (1, 2, 4))
+    batched.step()
+    assert (first.row, second.row, third.row) == (0, 1, None)
+    while not (first.done or second.done):
+        batched.step()
+        assert third.row is None and len(batched.active) <= 2
+    batched.step()
+    assert third.row == (0 if first.done else 1)
+    batched.run()
+    assert third.outcome is Outcome.COMPLETED
+
+
+def test_sampled_stories_are_reproducible_whatever_shares_the_batch(mllm):
+    sampled = {"sampling": "sample", "temperature": 1.5}
+
+    def texts(story):
+        return [s.text_ids for s in story.segments]
+
+    alone = engine(mllm, CACHES["mm-sink"], max_stories=1)
+    reference = alone.submit(start(mllm, 1), settings(1, seed=11, **sampled))
+    other_seed = alone.submit(start(mllm, 1), settings(1, seed=12, **sampled))
+    alone.run()
+    assert texts(reference) != texts(other_seed)
+    crowded = engine(mllm, CACHES["mm-sink"], max_stories=4)
+    neighbours = [crowded.submit(start(mllm, s), settings(s, seed=100 + s, **sampled)) for s in (2, 3)]
+    same = crowded.submit(start(mllm, 1), settings(1, seed=11, **sampled))
+    neighbours.append(crowded.submit(start(mllm, 4), settings(4, seed=104, **sampled)))
+    crowded.run()
+    assert texts(same) == texts(reference)
+
+
+def test_a_cancelled_story_frees_its_row_and_its_listener_hears_the_end(mllm):
+    heard = []
+    batched = engine(mllm, CACHES["mm-sink"], max_stories=1)
+    story = batched.submit(start(mllm, 1), settings(1, segments=6),
+                           listener=lambda s, segment: heard.append(segment.index if segment else "end"))
+    waiting = batched.submit(start(mllm, 2), settings(2, segments=1))
+    while not story.segments:
+        batched.step()
+    batched.cancel(story)
+    batched.step()
+    assert story.done and story.outcome is None and heard == [0, "end"]
+    assert waiting.row == 0
+    batched.run()
+    assert waiting.outcome is Outcome.COMPLETED
+
+
+def test_submission_errors_name_the_problem(mllm):
+    dense = engine(mllm, AttentionSinkConfig(mode="dense", dense_capacity=100), max_stories=2)
+    with pytest.raises(ValueError, match=r"may reach \d+ tokens, more than cache.dense_capacity \(100\)"):
+        dense.submit(start(mllm, 1), settings(1, segments=20))
+    with pytest.raises(ValueError, match="context 'recompute-window'"):
+        dense.submit(start(mllm, 1), settings(1, context="recompute-window"))
+    with pytest.raises(ValueError, match="at least the BOS token"):
+        dense.submit(StoryStart(token_ids=[]), settings(1))
+    assert dense.idle

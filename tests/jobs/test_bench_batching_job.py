@@ -1,0 +1,44 @@
+"""jobs/bench_batching.py through `ray job submit`, writing its results to the local S3 server (tiny shape)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+
+import pytest
+
+from seedstory import storage
+from tests.conftest import REPO_ROOT
+
+from .test_bench_attention_job import RAY, TINY_SHAPE
+
+pytestmark = pytest.mark.stack
+
+
+def test_batching_benchmark_writes_the_table_and_plot(ray_head):
+    out = f"s3://{ray_head.bucket}/bench-batching-{uuid.uuid4().hex[:6]}"
+    done = subprocess.run(
+        [RAY, "job", "submit", "--address", ray_head.ray_dashboard_url, "--working-dir", str(REPO_ROOT), "--",
+         "python", "jobs/bench_batching.py", "--out", out, "--config", "tiny", "--batches", "1,3", "--segments", "2",
+         "--text-tokens", "3", "--window", "48", "--caption-tokens", "4", "--stories-per-row", "2",
+         "--arrive-every", "2", "--fit-segments", "20", "--threads", "1", *TINY_SHAPE],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    report = json.loads(storage.read_bytes(storage.join(out, "batching.json")))
+    assert storage.read_bytes(storage.join(out, "batching.png")).startswith(b"\x89PNG")
+    assert report["config"]["workload"]["segments"] == 2 and report["config"]["workload"]["window"] == 48
+    assert [b["batch"] for b in report["batches"]] == [1, 3]
+    for row, batch in zip(report["batches"], (1, 3)):
+        assert row["stories"] == 2 * batch and row["stories_per_s"] > 0 and row["tokens_per_s"] > 0
+        assert 0 < row["token_latency_p50_s"] <= row["token_latency_p95_s"]
+        assert row["peak_rss_bytes"] > row["kv_bytes"] > 0
+    one, three = report["batches"]
+    assert three["kv_bytes"] == 3 * one["kv_bytes"], "a batch's KV memory is its rows, allocated once"
+    fit = report["fit"]
+    assert fit["dense_stories"] == 4 and fit["mm_sink_stories"] >= fit["dense_stories"]
+    # Each row also holds one scratch slot.
+    assert fit["ratio"] == pytest.approx((fit["dense_tokens_per_story"] + 1) / (fit["mm_sink_capacity"] + 1))
+    for name, target in report["targets"].items():
+        assert f"{'PASS' if target['ok'] else 'MISS'} {name}" in done.stdout
