@@ -195,7 +195,7 @@ def table2(modes: dict[str, list[dict]]) -> list[dict]:
 
 
 def plot(modes: dict[str, list[dict]]) -> bytes:
-    
+
     figure, (latency, segment, memory) = figures.subplots(1, 3, figsize=(17, 4.5))
     for mode, records in modes.items():
         index = [r["index"] for r in records]

@@ -42,6 +42,8 @@ class _BatchStep:
         self.plans = plans
         self.q = plans[0].q
         self.decode = self.q == 1 and all(p.decode_slot is not None for p in plans)
+        if not self.decode and any(p.decode_slot is not None for p in plans):
+            raise RuntimeError("a forward mixes decode plans with chunk plans: they read different slots")
         if self.decode:
             self.covered = list(range(rows[0], rows[-1] + 1))
             self.row_slice = slice(rows[0], rows[-1] + 1)
@@ -84,7 +86,7 @@ class BatchSinkLayer(CacheLayerMixin):
         values = torch.cat([self.values[step.row_index, :, :held], value_states], dim=2)
         for i, (row, plan) in enumerate(zip(step.rows, step.plans)):
             if plan.stored_after > plan.held:
-                keep = plan.chunk_keep if plan.chunk_keep is not None else slice(None)
+                keep = plan.index("chunk_keep", key_states.device) if plan.chunk_keep is not None else slice(None)
                 self.keys[row, :, plan.held : plan.stored_after] = key_states[i][:, keep]
                 self.values[row, :, plan.held : plan.stored_after] = value_states[i][:, keep]
         return keys, values
@@ -165,14 +167,12 @@ class BatchSinkCache(Cache):
         """
         if not rows or rows != sorted(set(rows)):
             raise ValueError(f"a forward covers distinct rows in ascending order, got {rows}")
-        plans = []
-        for row in rows:
-            table = self.table(row)
-            plan = table.plan(q, commit=commit)
+        plans = [self.table(row).plan(q, commit=commit) for row in rows]
+        for row, plan in zip(rows, plans):
             if plan.capacity > self.capacity:
                 raise RuntimeError(f"row {row}: {plan.stored_after} tokens exceed the cache's {self.capacity} slots")
-            table.apply(plan)
-            plans.append(plan)
+        for row, plan in zip(rows, plans):  # only once every row's plan is known to fit
+            self.table(row).apply(plan)
         step = self.current = _BatchStep(rows, plans, self.capacity, self.device)
         seen = dict.fromkeys(step.covered, 0) | {row: p.seen for row, p in zip(rows, plans)}
         positions = torch.tensor([[seen[row] + i for i in range(q)] for row in step.covered], device=self.device)

@@ -3,8 +3,8 @@
 Each story is the story loop written as a program (``_program``) that asks for forwards of its own
 tokens and gets back logits or hidden states; the engine runs the forwards of many stories together,
 one ``BatchSinkCache`` row each. ``StoryGenerator``, the one-story loop, is the reference it is tested
-against: a story written in a batch is the story written alone. A story keeps its own kept set, slot table, positions, anchors and
-sampler, so what it writes does not depend on what shares the batch.
+against: a story written in a batch is the story written alone. A story keeps its own kept set, slot
+table, positions, anchors and sampler, so what it writes does not depend on what shares the batch.
 
 Scheduling, one ``step``: stories waiting for a row take the free ones (first come, first served);
 then every story's next forward runs, grouped so that one forward serves a group:
@@ -15,7 +15,8 @@ then every story's next forward runs, grouped so that one forward serves a group
 - chunks (a prompt piece, an image block, the image-query preview) are grouped by length and kind:
   previews all have N + 1 tokens and image blocks N + 2 + separator tokens, so they batch without
   padding; prompts are cut into pieces of at most ``prompt_chunk`` tokens, so a long prompt never
-  stalls the others' decoding for more than one piece. Chunks are compute bound: padding one to
+  stalls the others' decoding for more than one piece. A prompt longer than the cache's window goes in
+  whole, as the one-story loop puts it: in pieces, its later tokens would not see the evicted ones. Chunks are compute bound: padding one to
   another's length would cost what it pads.
 
 Chunk forwards run before the step's decode forward, so a story that finished its image block this
@@ -30,6 +31,7 @@ at submission. Stories leave when they finish or are cancelled, freeing their ro
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -44,6 +46,8 @@ from seedstory.generation.sampling import TokenSampler
 from seedstory.generation.story import (
     Outcome, Segment, SegmentStats, StoryModel, StoryStart, image_block, image_queries, token_embeds,
 )
+
+logger = logging.getLogger(__name__)
 
 
 DECODE = (1, True, False)  # the group of a text token's forward: one token, committed, logits
@@ -73,7 +77,7 @@ class ForwardTally:
     seconds: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)
 class EngineStory:
     """A story in the engine: ``segments`` grow as it writes; ``done`` once it finished or was cancelled."""
 
@@ -99,9 +103,11 @@ class EngineStory:
 
 
 class StoryEngine:
-    """Advances up to ``max_stories`` stories together; call ``step`` (or ``run``) from one thread.
+    """Advances up to ``max_stories`` stories together; call ``step``, ``run`` and ``abort`` from one thread.
 
-    ``submit`` and ``cancel`` may be called from any thread; they take effect at the next step.
+    ``submit`` and ``cancel`` may be called from any thread; they take effect at the next step. A
+    failed forward ends every story in the engine with its error (``abort``) and is raised: after it,
+    no row can be trusted. A story whose own code fails (its listener, say) ends alone with its error.
     """
 
     def __init__(self, model: StoryModel, cache: AttentionSinkConfig, *, max_stories: int, eos_id: int,
@@ -120,7 +126,7 @@ class StoryEngine:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self.steps = 0
-        self.decodes = ForwardTally()
+        self.decodes = ForwardTally()  # single-token forwards: text tokens (and one-token prompt pieces)
         self.chunks = ForwardTally()
 
     @property
@@ -192,27 +198,30 @@ class StoryEngine:
         for story in self.active:
             groups.setdefault(story._pending.group, []).append(story)
         decode = groups.pop(DECODE, [])
-        for group in groups.values():
-            self._forward(group)
-        if decode:
-            self._forward(decode)
+        try:
+            for group in [*groups.values(), *([decode] if decode else [])]:
+                self._forward(group)
+        except Exception as err:
+            self.abort(err)
+            raise
         self.steps += 1
 
     def _admit(self) -> None:
         with self._lock:
-            while self._waiting:
-                if self._waiting[0].cancelled:
-                    self._finish(self._waiting.popleft())
-                    continue
-                free = next((row for row, story in enumerate(self.rows) if story is None), None)
-                if free is None:
-                    return
-                story = self._waiting.popleft()
-                story.row = free
-                self.rows[free] = story
-                self.cache.open(free)
-                story._program = self._program(story)
-                story._pending = next(story._program)
+            cancelled = [story for story in self._waiting if story.cancelled]
+            self._waiting = deque(story for story in self._waiting if not story.cancelled)
+            admitted = []
+            for row, holder in enumerate(self.rows):
+                if holder is None and self._waiting:
+                    admitted.append((row, self._waiting.popleft()))
+        for story in cancelled:
+            self._finish(story)
+        for row, story in admitted:
+            story.row = row
+            self.rows[row] = story
+            self.cache.open(row)
+            story._program = self._program(story)
+            self._advance(story, None)
 
     def _forward(self, group: list[EngineStory]) -> None:
         group.sort(key=lambda story: story.row)
@@ -237,15 +246,21 @@ class StoryEngine:
         tally.stories += len(group)
         tally.dummy_rows += len(covered) - len(group)
         tally.seconds += seconds
-        finished = []
         for story in group:
             story.peak_batch = max(story.peak_batch, len(group))
             result = hidden[at[story.row]] if story._pending.hidden else logits[at[story.row], -1]
-            try:
-                story._pending = story._program.send((result, seconds))
-            except StopIteration:
-                finished.append(story)
-        self._leave(finished)
+            self._advance(story, (result, seconds))
+
+    def _advance(self, story: EngineStory, result: tuple[torch.Tensor, float] | None) -> None:
+        """Hand ``story`` its forward's result and take its next forward; it leaves when it ends or fails."""
+        try:
+            story._pending = story._program.send(result)
+        except StopIteration:
+            self._leave([story])
+        except Exception as err:
+            logger.exception("story %d failed", story.id)
+            story.error = f"{type(err).__name__}: {err}"
+            self._leave([story])
 
     def _leave(self, stories: list[EngineStory]) -> None:
         for story in stories:
@@ -258,8 +273,16 @@ class StoryEngine:
     def _finish(self, story: EngineStory) -> None:
         story.finished_at = time.perf_counter()
         story._pending = None
-        if story.listener is not None:
-            story.listener(story, None)
+        self._tell(story, None)
+
+    def _tell(self, story: EngineStory, segment: Segment | None) -> None:
+        """The story's listener hears ``segment`` (None: the end); its failure is logged, never the engine's."""
+        if story.listener is None:
+            return
+        try:
+            story.listener(story, segment)
+        except Exception:
+            logger.exception("the listener of story %d failed", story.id)
 
     def _ids_embeds(self, ids: Sequence[int]) -> torch.Tensor:
         return token_embeds(self.model, ids)[0]
@@ -271,7 +294,8 @@ class StoryEngine:
         began = time.perf_counter()
         context_s = 0.0
         prompt = self._ids_embeds(start.token_ids)
-        for piece in prompt.split(self.prompt_chunk):
+        whole = self.cache_config.mode != "dense" and len(prompt) > self.cache_config.window
+        for piece in prompt.split(len(prompt) if whole else self.prompt_chunk):
             logits, seconds = yield Forward(piece)
             context_s += seconds
         if start.image_features is not None:
@@ -311,8 +335,7 @@ class StoryEngine:
                 ),
             )
             story.segments.append(segment)
-            if story.listener is not None:
-                story.listener(story, segment)
+            self._tell(story, segment)
             if index + 1 == settings.segments:
                 break
             began = time.perf_counter()

@@ -38,8 +38,11 @@ class EngineThread:
         self._thread.start()
 
     def submit(self, *args: Any, **kwargs: Any) -> EngineStory:
-        story = self.engine.submit(*args, **kwargs)
+        """Queue a story; refused once closed (the thread may already have ended: nobody would step it)."""
         with self._work:
+            if self._closed:
+                raise RuntimeError("this story engine was closed by a re-deploy")
+            story = self.engine.submit(*args, **kwargs)
             self._work.notify()
         return story
 
@@ -64,9 +67,8 @@ class EngineThread:
                     return
             try:
                 self.engine.step()
-            except Exception as err:  # every story in the batch ends with the error; the thread lives on
-                logger.exception("story engine step failed; ending its %d stories", len(self.engine.active))
-                self.engine.abort(err)
+            except Exception:  # the engine ended every story it held with the error; the thread lives on
+                logger.exception("a story engine step failed")
 
 
 @serve.deployment(name="writer")
@@ -84,10 +86,10 @@ class Writer:
             writer = StoryWriter(self._writer.mllm, self._writer.tokenizer, self._writer.vit, config)
         else:
             writer = StoryWriter(*load_writer(source.uri), config)
+        engine = EngineThread(writer.engine(config.serve.writer.batch), name=f"story-engine-{source.version}")
         if self._engine is not None:
             self._engine.close()
-        self._writer = writer
-        self._engine = EngineThread(writer.engine(config.serve.writer.batch), name=f"story-engine-{source.version}")
+        self._writer, self._engine = writer, engine
         self._models = {"mllm": asdict(source)}
         logger.info("writer serves %s (version %s), %d stories per batch", source.reference, source.version,
                     config.serve.writer.batch)
@@ -98,9 +100,12 @@ class Writer:
     async def write(self, story_id: str, text: str, image: Image.Image | None, segments: int, seed: int | None
                     ) -> AsyncIterator[dict[str, Any]]:
         """``story`` (once the opening is accepted), one ``segment`` per segment, then ``end``."""
-        writer, engine, models = self._writer, self._engine, self._models
-        settings = writer.settings(segments, seed)
-        start = await asyncio.to_thread(writer.opening, text, image)
+        while True:
+            writer, engine, models = self._writer, self._engine, self._models
+            settings = writer.settings(segments, seed)
+            start = await asyncio.to_thread(writer.opening, text, image)
+            if engine is self._engine:  # else a re-deploy closed it meanwhile: read the opening again
+                break
         loop = asyncio.get_running_loop()
         written: asyncio.Queue[Segment | None] = asyncio.Queue()
         try:
@@ -108,10 +113,10 @@ class Writer:
                                   listener=lambda _, segment: loop.call_soon_threadsafe(written.put_nowait, segment))
         except ValueError as err:  # e.g. a dense story longer than its row: the request, not the replica, is wrong
             raise StoryInputError(f"segments: {err}") from None
-        yield {"type": "story", "models": models, "seed": settings.seed,
-               "config": story_settings(writer.config, settings)}
         write_s = 0.0
         try:
+            yield {"type": "story", "models": models, "seed": settings.seed,
+                   "config": story_settings(writer.config, settings)}
             while True:
                 began = loop.time()
                 segment = await written.get()
@@ -121,9 +126,11 @@ class Writer:
                 yield {"type": "segment", "index": segment.index, "text": writer.text(segment.text_ids),
                        "features": segment.features, "stats": asdict(segment.stats)}
         except (asyncio.CancelledError, GeneratorExit):
-            engine.cancel(story)
             logger.info("story %s cancelled after %d of %d segments", story_id, len(story.segments), settings.segments)
             raise
+        finally:
+            if not story.done:  # the client left, or relaying failed: free the row for the next story
+                engine.cancel(story)
         if story.error is not None:
             raise RuntimeError(f"story {story_id}: {story.error}")
         yield {"type": "end", "outcome": story.outcome.value, "write_s": write_s, "batch": story.peak_batch}

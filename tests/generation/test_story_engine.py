@@ -154,3 +154,42 @@ def test_submission_errors_name_the_problem(mllm):
     with pytest.raises(ValueError, match="at least the BOS token"):
         dense.submit(StoryStart(token_ids=[]), settings(1))
     assert dense.idle
+
+
+def test_a_prompt_longer_than_the_window_equals_the_story_alone(mllm):
+    """In pieces, its later tokens would miss the evicted ones: the engine puts it in whole, as the loop does."""
+    cache = CACHES["mm-sink"]
+    long = StoryStart(token_ids=[1, *[40 + i % 30 for i in range(cache.window + 20)]],
+                      image_features=start(mllm, 1).image_features)
+    alone = list(StoryGenerator(mllm, settings(2), cache, eos_id=EOS, separator_ids=SEPARATOR).generate(long))
+    batched = engine(mllm, cache, max_stories=2)
+    story = batched.submit(long, settings(2))
+    batched.submit(start(mllm, 4), settings(4))
+    batched.run()
+    assert [s.text_ids for s in story.segments] == [s.text_ids for s in alone]
+    for mine, theirs in zip(story.segments, alone, strict=True):
+        torch.testing.assert_close(mine.features, theirs.features, rtol=0, atol=1e-5)
+
+
+def test_a_failing_listener_is_logged_and_stops_no_story(mllm):
+    def fail_at_first_segment(story, segment):
+        if segment is not None:
+            raise OSError("client gone")
+
+    batched = engine(mllm, CACHES["mm-sink"], max_stories=2)
+    failing = batched.submit(start(mllm, 1), settings(1), listener=fail_at_first_segment)
+    other = batched.submit(start(mllm, 2), settings(2))
+    batched.run()
+    assert failing.error is None and failing.outcome is Outcome.COMPLETED, "a listener's failure is logged only"
+    assert other.outcome is Outcome.COMPLETED
+
+
+def test_a_failed_forward_ends_every_story_with_its_error(mllm, monkeypatch):
+    batched = engine(mllm, CACHES["mm-sink"], max_stories=2)
+    stories = [batched.submit(start(mllm, s), settings(s)) for s in (1, 2, 4)]
+    batched.step()
+    monkeypatch.setattr(mllm, "step", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("device lost")))
+    with pytest.raises(RuntimeError, match="device lost"):
+        batched.step()
+    assert all(story.done and story.error == "RuntimeError: device lost" for story in stories)
+    assert batched.idle and batched.cache.tables == [None, None]
