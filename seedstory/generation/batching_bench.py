@@ -94,9 +94,9 @@ def kv_fit(settings: BatchingSettings, segments: int) -> dict:
     engine = StoryEngine(model, settings.cache(), max_stories=1, eos_id=attention_bench.EOS_ID,
                          separator_ids=[attention_bench.SEPARATOR_ID])
     longest = engine.longest(settings.opening(model, 0), settings.story(segments))
-    dtype = next(model.parameters()).dtype
-    sink_row = BatchSinkCache(settings.cache(), model.llm.config, 1, dtype=dtype).row_bytes()
-    dense_row = BatchSinkCache(settings.cache("dense", longest), model.llm.config, 1, dtype=dtype).row_bytes()
+    sink_row = engine.cache.row_bytes()
+    dense_row = BatchSinkCache(settings.cache("dense", longest), model.llm.config, 1,
+                               dtype=engine.cache.dtype).row_bytes()
     budget = dense_row * 4
     return {"segments": segments, "dense_tokens_per_story": longest, "mm_sink_capacity": engine.cache.capacity,
             "budget_bytes": budget, "dense_stories": budget // dense_row, "mm_sink_stories": budget // sink_row,

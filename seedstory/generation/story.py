@@ -158,12 +158,6 @@ class StoryGenerator:
     def _device(self) -> torch.device:
         return self.model.llm.device
 
-    def _ids(self, ids: Sequence[int]) -> torch.Tensor:
-        return token_embeds(self.model, ids)
-
-    def _image_block(self, features: torch.Tensor) -> torch.Tensor:
-        return image_block(self.model, features, self.separator_ids)
-
     def _append(self, cache: SinkCache, embeds: torch.Tensor, image_at: int | None = None) -> torch.Tensor:
         """Commit ``embeds`` to the cache (declaring an image whose BOI is ``image_at`` into it); last logits."""
         if image_at is not None:
@@ -175,13 +169,13 @@ class StoryGenerator:
     def _prefill(self, cache: SinkCache, head: list[int], entries: Sequence[tuple[list[int], torch.Tensor]],
                  tail: list[int]) -> torch.Tensor:
         """``head`` ids, each (text, image) entry, then ``tail`` ids; returns the logits after the last token."""
-        logits = self._append(cache, self._ids(head))
+        logits = self._append(cache, token_embeds(self.model, head))
         for text, features in entries:
             if text:
-                logits = self._append(cache, self._ids(text))
-            logits = self._append(cache, self._image_block(features), image_at=0)
+                logits = self._append(cache, token_embeds(self.model, text))
+            logits = self._append(cache, image_block(self.model, features, self.separator_ids), image_at=0)
         if tail:
-            logits = self._append(cache, self._ids(tail))
+            logits = self._append(cache, token_embeds(self.model, tail))
         return logits
 
     def _text(self, cache: SinkCache, logits: torch.Tensor, sampler: TokenSampler
@@ -196,7 +190,7 @@ class StoryGenerator:
             if token == self.eos_id:
                 raise _Stop(Outcome.EOS)
             began = time.perf_counter()
-            logits = self._append(cache, self._ids([token]))
+            logits = self._append(cache, token_embeds(self.model, [token]))
             decode_s += time.perf_counter() - began
             ids.append(token)
             if len(ids) >= self.config.max_text_tokens:
@@ -265,7 +259,7 @@ class StoryGenerator:
                 yield segment
                 began = time.perf_counter()
                 if not recompute:
-                    logits = self._append(cache, self._image_block(features), image_at=0)
+                    logits = self._append(cache, image_block(self.model, features, self.separator_ids), image_at=0)
                     context_s = time.perf_counter() - began
         except _Stop as stop:
             story.outcome = stop.outcome

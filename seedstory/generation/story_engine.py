@@ -284,16 +284,13 @@ class StoryEngine:
         except Exception:
             logger.exception("the listener of story %d failed", story.id)
 
-    def _ids_embeds(self, ids: Sequence[int]) -> torch.Tensor:
-        return token_embeds(self.model, ids)[0]
-
     def _program(self, story: EngineStory) -> Generator[Forward, tuple[torch.Tensor, float], None]:
         """The story loop of ``StoryGenerator`` (context in the cache), one forward at a time."""
         start, settings = story.start, story.settings
         sampler = TokenSampler(settings, device=self.model.llm.device)
         began = time.perf_counter()
         context_s = 0.0
-        prompt = self._ids_embeds(start.token_ids)
+        prompt = token_embeds(self.model, start.token_ids)[0]
         whole = self.cache_config.mode != "dense" and len(prompt) > self.cache_config.window
         for piece in prompt.split(len(prompt) if whole else self.prompt_chunk):
             logits, seconds = yield Forward(piece)
@@ -315,7 +312,7 @@ class StoryEngine:
                 if token == self.eos_id:
                     story.outcome = Outcome.EOS
                     return
-                logits, seconds = yield Forward(self._ids_embeds([token]))
+                logits, seconds = yield Forward(token_embeds(self.model, [token])[0])
                 decode_s += seconds
                 text.append(token)
                 if len(text) >= settings.max_text_tokens:
