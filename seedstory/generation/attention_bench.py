@@ -53,12 +53,12 @@ class BenchSettings:
     seed: int
 
 
-def build_model(settings: BenchSettings):
+def build_model(settings: BenchSettings, device: str = "cpu", dtype: torch.dtype = torch.float32):
     from seedstory.models.mllm import build_mllm
 
     torch.manual_seed(settings.seed)
     config = load_config(settings.config, list(settings.overrides))
-    model = build_mllm(config.model).eval()
+    model = build_mllm(config.model, device=device).to(dtype).eval()
     with torch.no_grad():
         head = model.llm.get_output_embeddings().weight
         head[model.layout.boi].zero_()
@@ -90,7 +90,7 @@ def opening(model, caption_tokens: int, seed: int) -> StoryStart:
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(model.output_resampler.num_queries, model.output_resampler.embed_dim, generator=generator)
     caption = torch.randint(8, model.layout.boi, (caption_tokens,), generator=generator).tolist()
-    return StoryStart(token_ids=[0, *caption], image_features=features)
+    return StoryStart(token_ids=[0, *caption], image_features=features.to(model.llm.device))
 
 
 def record(name: str, segment: Segment, settings: BenchSettings) -> dict:

@@ -7,7 +7,8 @@ row arrive in all, so rows free up and are re-filled while others write (continu
 
 Throughput counts text tokens (what a reader gets); latency is the gap between consecutive text tokens
 of one story within a segment, as the story sees it: it includes the chunk forwards (other stories'
-prompts, image queries and image blocks) that ran in the same step.
+prompts, image queries and image blocks) that ran in the same step. Decoding is bandwidth bound, so
+its tokens/s is also given as a fraction of the ceiling the machine's own measured copy bandwidth sets.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from seedstory.config.generation import AttentionSinkConfig, StoryConfig
 from seedstory.generation import attention_bench
 from seedstory.generation.batch_cache import BatchSinkCache
 from seedstory.generation.story import StoryStart
-from seedstory.generation.story_engine import StoryEngine
+from seedstory.generation.story_engine import ForwardTally, StoryEngine
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class BatchingSettings:
     stories_per_row: int
     arrive_every: int
     threads: int
+    device: str = "cpu"
+    dtype: str = "float32"  # the random weights' dtype, and so the cache's
 
     def cache(self, mode: str = "mm-sink", dense_capacity: int = 8192) -> AttentionSinkConfig:
         return AttentionSinkConfig(mode=mode, window=self.workload.window, dense_capacity=dense_capacity)
@@ -44,11 +47,18 @@ class BatchingSettings:
     def opening(self, model, index: int) -> StoryStart:
         return attention_bench.opening(model, self.workload.caption_tokens, self.workload.seed + index)
 
+    def model(self, device: str | None = None):
+        return attention_bench.build_model(self.workload, device or self.device, getattr(torch, self.dtype))
+
 
 def run_batch(settings: BatchingSettings, batch: int) -> dict:
-    """One batch size: every story to its end; throughput, token gaps, KV bytes and this process's peak RSS."""
+    """One batch size: every story to its end; throughput, token gaps, memory, and decoding against the
+    bandwidth ceiling."""
     torch.set_num_threads(settings.threads)
-    model = attention_bench.build_model(settings.workload)
+    device = torch.device(settings.device)
+    if device.type != "cpu":
+        torch.accelerator.reset_peak_memory_stats(device)
+    model = settings.model()
     engine = StoryEngine(model, settings.cache(), max_stories=batch, eos_id=attention_bench.EOS_ID,
                          separator_ids=[attention_bench.SEPARATOR_ID])
     count = batch * settings.stories_per_row
@@ -66,7 +76,8 @@ def run_batch(settings: BatchingSettings, batch: int) -> dict:
             raise RuntimeError(f"story {story.id} did not have the fixed workload ({story.outcome})")
     gaps = np.concatenate([np.diff(times) for story in stories for times in story.token_times])
     tokens = sum(len(s.text_ids) for story in stories for s in story.segments)
-    return {
+    decodes = engine.decodes
+    result = {
         "batch": batch,
         "stories": count,
         "wall_s": wall,
@@ -75,28 +86,71 @@ def run_batch(settings: BatchingSettings, batch: int) -> dict:
         "token_latency_p50_s": float(np.percentile(gaps, 50)),
         "token_latency_p95_s": float(np.percentile(gaps, 95)),
         "steps": engine.steps,
-        "decode_forwards": engine.decodes.forwards,
-        "stories_per_decode_forward": engine.decodes.stories / engine.decodes.forwards,
-        "decode_forward_s": engine.decodes.seconds / engine.decodes.forwards,
-        "dummy_rows_per_decode_forward": engine.decodes.dummy_rows / engine.decodes.forwards,
-        "decode_s": engine.decodes.seconds,
+        "decode_forwards": decodes.forwards,
+        "stories_per_decode_forward": decodes.stories / decodes.forwards,
+        "decode_forward_s": decodes.seconds / decodes.forwards,
+        "dummy_rows_per_decode_forward": decodes.dummy_rows / decodes.forwards,
+        "decode_s": decodes.seconds,
         "chunk_forwards": engine.chunks.forwards,
         "chunk_s": engine.chunks.seconds,
         "text_tokens": tokens,
         "kv_bytes": engine.cache.tensor_bytes(),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        **decode_ceiling(model, decodes, copy_bandwidth(device)),
+    }
+    if device.type != "cpu":
+        result["peak_device_bytes"] = torch.accelerator.max_memory_allocated(device)
+    return result
+
+
+def decode_weight_bytes(model) -> int:
+    """Weight bytes one decode forward reads: the LLM's, less its embedding table (a lookup reads B rows)."""
+    embedding = model.llm.get_input_embeddings().weight
+    total = sum(p.numel() * p.element_size() for p in model.llm.parameters())
+    return total - embedding.numel() * embedding.element_size()
+
+
+def decode_ceiling(model, decodes: ForwardTally, bandwidth: float) -> dict:
+    """Decoding's tokens/s against the memory-bandwidth ceiling: the decode forwards as if each read only
+    what it must (the weights once, each story's held keys and values once) at ``bandwidth``."""
+    must_read = decodes.forwards * decode_weight_bytes(model) + decodes.kv_bytes
+    ceiling_s = must_read / bandwidth
+    return {
+        "copy_bandwidth_bytes_per_s": bandwidth,
+        "decode_bytes_read": must_read,
+        "decode_tokens_per_s": decodes.stories / decodes.seconds,
+        "decode_ceiling_tokens_per_s": decodes.stories / ceiling_s,
+        "decode_bandwidth_fraction": ceiling_s / decodes.seconds,
     }
 
 
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Bytes per second a device-to-device copy moves (read plus written), the best of ``repeats``:
+    the ceiling a bandwidth-bound forward can reach on this machine, measured rather than quoted."""
+    source = torch.ones(nbytes, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first copy warms up (page faults on a CPU, the allocator on a GPU)
+        began = time.perf_counter()
+        target.copy_(source)
+        if device.type != "cpu":
+            torch.accelerator.synchronize(device)
+        best = min(best, time.perf_counter() - began)
+    return 2 * nbytes / best
+
+
 def kv_fit(settings: BatchingSettings, segments: int) -> dict:
-    """Stories of ``segments`` segments that fit in one KV budget: mm-sink rows against dense rows sized for them."""
-    model = attention_bench.build_model(settings.workload)
+    """Stories of ``segments`` segments that fit in one KV budget: mm-sink rows against dense rows sized for them.
+
+    Only shapes matter, so the model and the caches are built on the meta device (no memory, any size).
+    """
+    model = settings.model("meta")
     engine = StoryEngine(model, settings.cache(), max_stories=1, eos_id=attention_bench.EOS_ID,
                          separator_ids=[attention_bench.SEPARATOR_ID])
     longest = engine.longest(settings.opening(model, 0), settings.story(segments))
     sink_row = engine.cache.row_bytes()
     dense_row = BatchSinkCache(settings.cache("dense", longest), model.llm.config, 1,
-                               dtype=engine.cache.dtype).row_bytes()
+                               dtype=engine.cache.dtype, device="meta").row_bytes()
     budget = dense_row * 4
     return {"segments": segments, "dense_tokens_per_story": longest, "mm_sink_capacity": engine.cache.capacity,
             "budget_bytes": budget, "dense_stories": budget // dense_row, "mm_sink_stories": budget // sink_row,

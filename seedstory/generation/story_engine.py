@@ -75,6 +75,7 @@ class ForwardTally:
     stories: int = 0  # summed over forwards: a decode forward's occupancy is stories / forwards
     dummy_rows: int = 0  # rows carried without a token of theirs (see BatchSinkCache)
     seconds: float = 0.0
+    kv_bytes: int = 0  # summed over forwards: keys and values the stories held, the least attention must read
 
 
 @dataclass(eq=False)
@@ -232,6 +233,7 @@ class StoryEngine:
             if image_at is not None:
                 boi = self.cache.seen(story.row) + image_at
                 self.cache.add_image(story.row, boi, boi + len(self.model.layout.image) + 1)
+        kv_bytes = sum(self.cache.held_bytes(row) for row in rows)
         began = time.perf_counter()
         covered, positions, mask = self.cache.begin(rows, forward.embeds.shape[0], commit=forward.commit)
         at = {row: i for i, row in enumerate(covered)}
@@ -240,12 +242,15 @@ class StoryEngine:
             embeds[at[story.row]] = story._pending.embeds
         logits, hidden = self.model.step(embeds, self.cache, attention_mask=mask, position_ids=positions,
                                          logits_to_keep=1)
+        if logits.device.type != "cpu":  # an accelerator runs asynchronously: time the forward, not its launch
+            torch.accelerator.synchronize(logits.device)
         seconds = time.perf_counter() - began
         tally = self.decodes if forward.group == DECODE else self.chunks
         tally.forwards += 1
         tally.stories += len(group)
         tally.dummy_rows += len(covered) - len(group)
         tally.seconds += seconds
+        tally.kv_bytes += kv_bytes
         for story in group:
             story.peak_batch = max(story.peak_batch, len(group))
             result = hidden[at[story.row]] if story._pending.hidden else logits[at[story.row], -1]

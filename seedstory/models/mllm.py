@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Cache, LlamaConfig, LlamaForCausalLM
 
 from seedstory.config.model import LossConfig, ModelConfig
@@ -23,6 +24,10 @@ from seedstory.models.losses import cosine_regression_loss, weighted_total
 from seedstory.models.resampler import Resampler
 from seedstory.models.weights import WeightsError, load_llm_weights
 from seedstory.tokenizer import ImageTokenIds
+
+# cuDNN's attention builds a graph for every new key length, about a millisecond of host time per layer
+# call on an H200: a decoding step's key length is new every step, so it is left out of incremental calls.
+DECODING_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass(frozen=True)
@@ -195,8 +200,9 @@ class SeedStoryMLLM(nn.Module):
     def step(self, inputs_embeds: torch.Tensor, cache: Cache, attention_mask: torch.Tensor | None = None,
              **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
         """One incremental decoding call on an external cache: (logits [B, T, V], last hidden [B, T, D])."""
-        out = self.llm(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True,
-                       output_hidden_states=True, attention_mask=attention_mask, **kwargs)
+        with sdpa_kernel(DECODING_ATTENTION):
+            out = self.llm(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True,
+                           output_hidden_states=True, attention_mask=attention_mask, **kwargs)
         return out.logits, out.hidden_states[-1]
 
 
@@ -221,5 +227,5 @@ def build_mllm(config: ModelConfig, tokens: ImageTokenIds | None = None,
     llm = build_llm(config, layout.vocab_size, device)
     with torch.device(device):
         resamplers = build_input_resampler(config), build_output_resampler(config)
-    return SeedStoryMLLM(llm, *resamplers, layout=layout, loss_weights=config.loss)
+        return SeedStoryMLLM(llm, *resamplers, layout=layout, loss_weights=config.loss)
 

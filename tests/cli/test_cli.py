@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seedstory.cli import build_parser, main
+from seedstory.cli.main import build_parser, main
 
 
 def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

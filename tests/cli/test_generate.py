@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from seedstory import storage
-from seedstory.cli import main
+from seedstory.cli.main import main
 from seedstory.data.images import encode_image
 from seedstory.data.toyworld.generate import toy_story
 from seedstory.data.toyworld.render import render_frame

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from seedstory.cli import main
+from seedstory.cli.main import main
 from seedstory.data.badrecords import FailureBudgetExceeded
 from seedstory.data.stories import scan_dataset
 

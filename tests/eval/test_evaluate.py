@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from seedstory import storage
-from seedstory.cli import main as seedstory
+from seedstory.cli.main import main as seedstory
 from seedstory.data.toyworld.generate import write_toy_world
 from tests.conftest import REPO_ROOT
 from tests.eval.judge_server import JudgeServer, story_texts

@@ -96,6 +96,21 @@ def test_rows_are_reused_and_memory_stays_fixed_over_100_joins_and_leaves(mllm):
     assert batched.cache.tensor_bytes() == allocated and batched.cache.tables == [None] * 3
 
 
+def test_decode_forwards_tally_the_keys_and_values_their_stories_held(mllm):
+    """The bandwidth ceiling's floor: a decode forward must read what each of its stories held before it."""
+    batched = engine(mllm, CACHES["dense"], max_stories=2, prompt_chunk=64)
+    opening = start(mllm, 0)  # no image
+    for _ in range(2):
+        batched.submit(opening, settings(0, segments=1))
+    batched.run()
+    config = mllm.llm.config
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
+    prompt, text = len(opening.token_ids), settings(0).max_text_tokens
+    assert (batched.decodes.forwards, batched.decodes.stories) == (text, 2 * text)
+    # Before its k-th text token's forward a story holds its prompt and k earlier text tokens.
+    assert batched.decodes.kv_bytes == 2 * per_token * sum(prompt + k for k in range(text))
+
+
 def test_a_story_that_does_not_fit_waits_for_a_row(mllm):
     batched = engine(mllm, CACHES["mm-sink"], max_stories=2)
     first, second, third = (batched.submit(start(mllm, s), settings(s, segments=1)) for s in (1, 2, 4))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -34,6 +35,7 @@ def test_batching_benchmark_writes_the_table_and_plot(ray_head):
         assert row["stories"] == 2 * batch and row["stories_per_s"] > 0 and row["tokens_per_s"] > 0
         assert 0 < row["token_latency_p50_s"] <= row["token_latency_p95_s"]
         assert row["peak_rss_bytes"] > row["kv_bytes"] > 0
+        assert row["decode_bytes_read"] > 0 and 0 < row["decode_tokens_per_s"] < row["decode_ceiling_tokens_per_s"]
     one, three = report["batches"]
     assert three["kv_bytes"] == 3 * one["kv_bytes"], "a batch's KV memory is its rows, allocated once"
     fit = report["fit"]
@@ -42,3 +44,22 @@ def test_batching_benchmark_writes_the_table_and_plot(ray_head):
     assert fit["ratio"] == pytest.approx((fit["dense_tokens_per_story"] + 1) / (fit["mm_sink_capacity"] + 1))
     for name, target in report["targets"].items():
         assert f"{'PASS' if target['ok'] else 'MISS'} {name}" in done.stdout
+
+
+def test_in_process_the_benchmark_runs_where_ray_is_not_installed(tmp_path):
+    """A bare GPU machine has no Ray: ``--in-process`` measures every batch size in the job's own process."""
+    argv = ["jobs/bench_batching.py", "--in-process", "--out", str(tmp_path), "--config", "tiny", "--batches", "1,2",
+            "--segments", "2", "--text-tokens", "3", "--window", "48", "--caption-tokens", "4",
+            "--stories-per-row", "1", "--arrive-every", "1", "--fit-segments", "20", "--threads", "1", *TINY_SHAPE]
+    without_ray = f"import runpy, sys; sys.modules['ray'] = None; sys.argv = {argv!r}; " \
+                  "runpy.run_path(sys.argv[0], run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", without_ray], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "batching.json").read_text())
+    assert (tmp_path / "batching.png").read_bytes().startswith(b"\x89PNG")
+    assert report["config"]["device"] == "cpu" and [b["batch"] for b in report["batches"]] == [1, 2]
+    for row in report["batches"]:
+        assert 0 < row["decode_bandwidth_fraction"] and row["copy_bandwidth_bytes_per_s"] > 0
+        assert f"{row['decode_bandwidth_fraction']:.3f} of the bandwidth ceiling" in done.stdout
+    assert report["fit"]["dense_stories"] == 4, "the KV fit is computed on the meta device, whatever the model"

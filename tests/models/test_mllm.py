@@ -70,9 +70,22 @@ def test_incremental_steps_match_one_full_forward(mllm, token_ids):
 def test_paper_mllm_on_meta_has_llama2_7b_with_66_tokens(paper):
     mllm = build_mllm(paper, device="meta")
     assert sum(p.numel() for p in mllm.llm.parameters()) == 6_738_956_288
+    assert {t.device.type for t in [*mllm.parameters(), *mllm.buffers()]} == {"meta"}
     layout = mllm.layout
     assert layout == TokenLayout.appended(paper)
     assert (layout.vocab_size, layout.boi, layout.eoi, layout.image[0], layout.image[-1]) == (32066, 32000, 32001, 32002, 32065)
     features = torch.empty(2, 256, 4096, device="meta")
     assert mllm.embed_image(features).shape == (2, 64, 4096)
     assert mllm.regress(torch.empty(2, 64, 4096, device="meta")).shape == (2, 256, 4096)
+
+
+def test_incremental_steps_leave_cudnn_attention_out(mllm):
+    """Every decoding step has a new key length, and cuDNN's attention builds a graph per key length."""
+    enabled = []
+    hook = mllm.llm.register_forward_pre_hook(lambda *_: enabled.append(torch.backends.cuda.cudnn_sdp_enabled()))
+    try:
+        with torch.no_grad():
+            mllm.step(mllm.image_query_embeds().unsqueeze(0), DynamicCache(config=mllm.llm.config))
+    finally:
+        hook.remove()
+    assert enabled == [False] and torch.backends.cuda.cudnn_sdp_enabled(), "left out during the step only"

@@ -1,6 +1,6 @@
 import json
 
-from seedstory.cli import main
+from seedstory.cli.main import main
 from seedstory.models.summary import COMPONENTS, parameter_counts
 
 
