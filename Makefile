@@ -32,7 +32,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	@# torch first (CPU wheel here), so that DeepSpeed's source build compiles against it.
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q --no-build-isolation "deepspeed==0.19.8"
+	@# DeepSpeed on CPU loads a shared-memory comm op at every engine start: built here once, not
+	@# JIT-compiled (45 s, two workers waiting) by the first job, and again whenever another ninja built it.
+	DS_BUILD_SHM_COMM=1 $(BIN)/python -m pip install -q --no-build-isolation "deepspeed==0.19.8"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
