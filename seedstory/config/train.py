@@ -30,6 +30,11 @@ class StageConfig(Section):
         None, ge=1, description="end this submission after this step; the schedule still spans max_steps "
         "and re-submitting the same run name continues (time-boxed or preemptible clusters)",
     )
+    activation_checkpointing: bool = Field(
+        False, description="recompute the trained network's activations in the backward pass instead of keeping "
+        "them: the UNet's blocks (de-tokenizer stages) or the LLM's decoder layers (story instruction tuning); "
+        "less memory for about a third more compute",
+    )
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.03, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)

@@ -1,7 +1,9 @@
 """What each training stage trains and freezes (the paper's three stages), one function per stage.
 
-Each function sets ``requires_grad`` on the components it is given and returns the trainable
-parameters by qualified name (``<component>.<parameter>``), ready for an optimizer.
+Each function sets ``requires_grad`` on the components it is given, puts what trains in train mode
+and what is frozen in eval mode (weights loaded from a checkpoint arrive in eval mode, where LoRA's
+dropout and activation checkpointing are off), and returns the trainable parameters by qualified
+name (``<component>.<parameter>``), ready for an optimizer.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ def _trainable(components: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
 
 def _freeze(*modules: nn.Module) -> None:
     for module in modules:
-        module.requires_grad_(False)
+        module.requires_grad_(False).eval()
+
+
+def _train(*modules: nn.Module) -> None:
+    for module in modules:
+        module.requires_grad_(True).train()
 
 
 def is_adapter_parameter(name: str) -> bool:
@@ -33,8 +40,7 @@ def is_adapter_parameter(name: str) -> bool:
 def detokenizer_pretrain(vit: nn.Module, detokenizer: Detokenizer) -> dict[str, nn.Parameter]:
     """Stage 1: condition adapter + UNet train; ViT and VAE frozen."""
     _freeze(vit, detokenizer.vae)
-    detokenizer.adapter.requires_grad_(True)
-    detokenizer.unet.requires_grad_(True)
+    _train(detokenizer.adapter, detokenizer.unet)
     return _trainable({"condition_adapter": detokenizer.adapter, "unet": detokenizer.unet})
 
 
@@ -46,8 +52,8 @@ def story_instruct(vit: nn.Module, mllm: SeedStoryMLLM) -> dict[str, nn.Paramete
     for name, parameter in mllm.llm.named_parameters():
         if is_adapter_parameter(name):
             parameter.requires_grad_(True)
-    mllm.input_resampler.requires_grad_(True)
-    mllm.output_resampler.requires_grad_(True)
+    mllm.llm.train()  # the frozen base too: LoRA's dropout runs inside its layers
+    _train(mllm.input_resampler, mllm.output_resampler)
     return _trainable({"llm": mllm.llm, "input_resampler": mllm.input_resampler,
                        "output_resampler": mllm.output_resampler})
 
@@ -55,6 +61,5 @@ def story_instruct(vit: nn.Module, mllm: SeedStoryMLLM) -> dict[str, nn.Paramete
 def detokenizer_adapt(vit: nn.Module, mllm: SeedStoryMLLM, detokenizer: Detokenizer) -> dict[str, nn.Parameter]:
     """Stage 3: UNet + condition adapter train on the MLLM's regressed features; MLLM, ViT, VAE frozen."""
     _freeze(vit, mllm, detokenizer.vae)
-    detokenizer.adapter.requires_grad_(True)
-    detokenizer.unet.requires_grad_(True)
+    _train(detokenizer.adapter, detokenizer.unet)
     return _trainable({"condition_adapter": detokenizer.adapter, "unet": detokenizer.unet})

@@ -82,3 +82,22 @@ def test_stage3_trains_unet_and_adapter_on_regressed_features(models, story_batc
     detokenizer.loss(pixels(tiny, batch=regressed.shape[0]), regressed).backward()
     assert_only_trainable_get_gradients(trainable, vit, mllm, detokenizer)
 
+
+
+def test_what_trains_runs_in_train_mode_and_what_is_frozen_in_eval_mode(models, tiny):
+    """Loaded weights arrive in eval mode: left there, LoRA's dropout would never run."""
+    vit, mllm, detokenizer = (module.eval() for module in models)
+    freezing.detokenizer_pretrain(vit, detokenizer)
+    assert detokenizer.unet.training and detokenizer.adapter.training
+    assert not (vit.training or detokenizer.vae.training)
+
+    with_lora = attach_lora(mllm, tiny.lora).eval()
+    freezing.story_instruct(vit, with_lora)
+    dropouts = [m for name, m in with_lora.llm.named_modules() if name.endswith("lora_dropout.default")]
+    assert dropouts and all(m.training for m in dropouts)
+    assert with_lora.input_resampler.training and with_lora.output_resampler.training and not vit.training
+
+    frozen_mllm = build_mllm(tiny).eval()
+    freezing.detokenizer_adapt(vit.train(), frozen_mllm.train(), detokenizer.eval())
+    assert detokenizer.unet.training and detokenizer.adapter.training
+    assert not any(m.training for m in (vit, *frozen_mllm.modules(), detokenizer.vae))

@@ -157,11 +157,18 @@ def test_stage2_trains_the_adapter_and_resamplers_on_text_and_image_terms(config
         assert torch.equal(model.mllm(**args).regressed, loaded(**args).regressed)
 
 
-def test_stage3_adapts_the_stage1_detokenizer_to_the_stage2_mllm(config, frames, tmp_path):
+@pytest.fixture(scope="module")
+def stage3_sources(config, tmp_path_factory) -> dict[str, str]:
+    """Stage 1's and stage 2's exports, untrained."""
+    root = tmp_path_factory.mktemp("stage3-sources")
     first, second = DetokenizerPretrain(config, {}), StoryInstruct(config, {})
-    first.export(first.build(), str(tmp_path / "detok"))
-    second.export(second.build(), str(tmp_path / "mllm"))
-    recipe = DetokenizerAdapt(config, {"mllm": str(tmp_path / "mllm"), "detokenizer": str(tmp_path / "detok")})
+    first.export(first.build(), str(root / "detok"))
+    second.export(second.build(), str(root / "mllm"))
+    return {"mllm": str(root / "mllm"), "detokenizer": str(root / "detok")}
+
+
+def test_stage3_adapts_the_stage1_detokenizer_to_the_stage2_mllm(config, frames, stage3_sources, tmp_path):
+    recipe = DetokenizerAdapt(config, stage3_sources)
     model = recipe.build()
     assert trainable(model) == {"detokenizer.adapter", "detokenizer.unet"}
     batch = recipe.collate()(windows(config, frames, sd_size=config.model.sd_image_size))
@@ -171,3 +178,42 @@ def test_stage3_adapts_the_stage1_detokenizer_to_the_stage2_mllm(config, frames,
     recipe.export(model, str(tmp_path / "adapted"))
     adapted = load_detokenizer(str(tmp_path / "adapted"))
     assert torch.equal(adapted.unet.conv_in.weight, model.detokenizer.unet.conv_in.weight)
+
+
+def _checkpointed_block(model: torch.nn.Module) -> torch.nn.Module:
+    """A block that runs twice per step when its activations are recomputed in the backward pass."""
+    if hasattr(model, "detokenizer"):
+        return model.detokenizer.unet.down_blocks[0].resnets[0]
+    return model.mllm.llm.get_base_model().model.layers[0].mlp  # the layer checkpoints its forward, not its hooks
+
+
+@pytest.mark.parametrize("stage", ["detokenizer_pretrain", "story_instruct", "detokenizer_adapt"])
+def test_activation_checkpointing_recomputes_the_trained_network_and_changes_no_gradient(
+        config, frames, stage3_sources, stage):
+    recipe = {"detokenizer_pretrain": DetokenizerPretrain, "story_instruct": StoryInstruct,
+              "detokenizer_adapt": DetokenizerAdapt}[stage]
+    sources = stage3_sources if stage == "detokenizer_adapt" else {}
+    if stage == "detokenizer_pretrain":
+        rows = list(stage1_samples(frames[1][:2], config.model.vit.image_size, config.model.sd_image_size))
+        samples = {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+    else:
+        samples = windows(config, frames, sd_size=config.model.sd_image_size if stage == "detokenizer_adapt" else None)
+    results = []
+    for enabled in (False, True):
+        settings = config.model_copy(deep=True)
+        getattr(settings.train, stage).activation_checkpointing = enabled
+        torch.manual_seed(0)
+        built = recipe(settings, sources)
+        model = built.build()
+        calls = []
+        _checkpointed_block(model).register_forward_pre_hook(lambda *_: calls.append(1))  # a recompute may stop early
+        torch.manual_seed(1)
+        terms = model(built.collate()(samples))
+        terms["loss"].backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        results.append((float(terms["loss"].detach()), grads, len(calls)))
+    (plain_loss, plain_grads, plain_calls), (loss, grads, calls) = results
+    assert (plain_calls, calls) == (1, 2), "the checkpointed block runs again in the backward pass"
+    assert loss == plain_loss and grads.keys() == plain_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=0, atol=1e-6, msg=name)

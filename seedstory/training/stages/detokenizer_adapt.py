@@ -64,7 +64,9 @@ class DetokenizerAdapt(SeedStoryStage):
         mllm, _ = load_mllm(self.sources["mllm"])
         detokenizer = load_detokenizer(self.sources["detokenizer"])
         freezing.detokenizer_adapt(vit, mllm, detokenizer)
-        return DetokenizerAdaptModel(vit, mllm.eval(), detokenizer)
+        if self.config.train.detokenizer_adapt.activation_checkpointing:
+            detokenizer.unet.enable_gradient_checkpointing()
+        return DetokenizerAdaptModel(vit, mllm, detokenizer)
 
     def collate(self) -> NumpyBatchCollateFn:
         return WindowCollate(image_token_ids(self._tokenizer, self.config.model.image_tokens).pad)

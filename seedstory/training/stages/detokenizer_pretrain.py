@@ -48,6 +48,8 @@ class DetokenizerPretrain(SeedStoryStage):
         model = self.config.model
         vit, detokenizer = build_vit(model), build_detokenizer(model)
         freezing.detokenizer_pretrain(vit, detokenizer)
+        if self.config.train.detokenizer_pretrain.activation_checkpointing:
+            detokenizer.unet.enable_gradient_checkpointing()
         return DetokenizerPretrainModel(vit, detokenizer, model.loss)
 
     def collate(self) -> NumpyBatchCollateFn:

@@ -54,6 +54,9 @@ class StoryInstruct(SeedStoryStage):
         vit = build_vit(model)
         mllm = attach_lora(build_mllm(model, image_token_ids(self._tokenizer, model.image_tokens)), model.lora)
         freezing.story_instruct(vit, mllm)
+        if self.config.train.story_instruct.activation_checkpointing:
+            # Non-reentrant: the frozen embeddings' outputs need no grad for the LoRA factors to get theirs.
+            mllm.llm.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
         return StoryInstructModel(vit, mllm)
 
     def collate(self) -> NumpyBatchCollateFn:
