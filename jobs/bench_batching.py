@@ -74,7 +74,7 @@ def main() -> None:
               f"tokens/s = {result['decode_bandwidth_fraction']:.3f} of the bandwidth ceiling "
               f"({result['decode_ceiling_tokens_per_s']:.1f})", flush=True)
         report["batches"].append(result)
-        write(args.out, report)  # a long run on a lent machine keeps what it measured so far
+        write(args.out, report)  # a run cut short keeps what it measured
     fit = kv_fit(settings, args.fit_segments)
     print(f"one KV budget of {fit['budget_bytes'] / 2**20:.0f} MiB holds {fit['mm_sink_stories']} mm-sink stories "
           f"of {fit['segments']} segments, "
