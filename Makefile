@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	@# DeepSpeed on CPU loads a shared-memory comm op at every engine start: built here once, not
 	@# JIT-compiled (45 s, two workers waiting) by the first job, and again whenever another ninja built it.
-	DS_BUILD_SHM_COMM=1 $(BIN)/python -m pip install -q --no-build-isolation "deepspeed==0.19.8"
+	@# No pip cache: a wheel cached from a build without the op would be reused.
+	DS_BUILD_SHM_COMM=1 $(BIN)/python -m pip install -q --no-build-isolation --no-cache-dir "deepspeed==0.19.8"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
