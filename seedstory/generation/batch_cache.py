@@ -124,6 +124,7 @@ class BatchSinkCache(Cache):
         super().__init__(layers=[BatchSinkLayer(self, *buffers()) for _ in range(text.num_hidden_layers)])
         self.inv_freq = static_inv_freq(text) if self.rerotate else None
         self.tables: list[SlotTable | None] = [None] * rows
+        self.token_bytes = 2 * text.num_key_value_heads * head_dim * dtype.itemsize * text.num_hidden_layers
         self.dtype = dtype
         self.device = torch.device(device)
         self.current: _BatchStep | None = None
@@ -208,9 +209,7 @@ class BatchSinkCache(Cache):
 
     def held_bytes(self, row: int) -> int:
         """Bytes of the keys and values attention reads for ``row`` (its held tokens, all layers)."""
-        layer = self.layers[0]
-        per_token = 2 * layer.keys[0, :, 0].numel() * layer.keys.element_size()
-        return per_token * self.table(row).stored * len(self.layers)
+        return self.token_bytes * self.table(row).stored
 
     def tensor_bytes(self) -> int:
         """Bytes of every buffer, allocated once for all rows (each row's scratch slot included)."""

@@ -46,8 +46,8 @@ class StageParameters:
 def _split(components: list[nn.Module], trainable: dict[str, nn.Parameter]) -> StageParameters:
     ids = {id(p) for p in trainable.values()}
     everything = {id(p): p for module in components for p in module.parameters()}
-    largest = max(sum(p.numel() for p in module.parameters(recurse=False) if id(p) in ids)
-                  for module in components for module in module.modules())
+    largest = max(sum(p.numel() for p in sub.parameters(recurse=False) if id(p) in ids)
+                  for component in components for sub in component.modules())
     count = sum(p.numel() for p in trainable.values())
     return StageParameters(trainable=count, frozen=sum(p.numel() for p in everything.values()) - count,
                            largest_trainable_module=largest)
