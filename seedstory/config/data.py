@@ -45,7 +45,10 @@ class DataConfig(Section):
         64, ge=0, description="samples each training worker holds to draw its batches at random from "
         "(Ray Data local shuffle buffer; 0: stream order)",
     )
-    decode_concurrency: int = Field(1, ge=1)
+    decode_concurrency: int | None = Field(
+        None, ge=1, description="actors that fetch, decode and cut samples; unset: Ray Data grows the pool from "
+        "one actor to as many as the CPUs the stage's training workers leave free hold",
+    )
     actor_cpus: float = Field(0.25, gt=0)
     preprocess_batch_size: int = Field(8, ge=1)
     toy: ToyWorldConfig = Field(default_factory=ToyWorldConfig)

@@ -10,6 +10,8 @@ local shuffle buffer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import ray
 import torch
@@ -17,10 +19,10 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
-from seedstory.data.images import decode_image
-from seedstory.data.pipeline import DataReport, Split, pass_items, split_jsonl, story_dataset
+from seedstory.data.pipeline import DataReport, SampleCut, Split, pass_items, split_jsonl, story_samples
 from seedstory.data.pixels import sd_target, vit_pixels
 from seedstory.data.sources import expand_jsonl, read_story_lines
+from seedstory.data.stories import Story
 from seedstory.models.dual_encoder import require_text_tower
 
 COLUMNS = ("key", "frame", "caption", "vit_pixels", "sd_pixels", "input_ids", "attention_mask")
@@ -37,46 +39,33 @@ def caption_ids(tokenizer: PreTrainedTokenizerBase, caption: str, max_length: in
     return padded, mask
 
 
-class FrameTextSamples:
-    """Every frame of a batch of stories as one sample; with a ``seed``, the frames are interleaved at random
-    (a story's frames are near-duplicates of each other, poor negatives for one another in a batch)."""
+class FrameTextCut(SampleCut):
+    """Every frame of a story as one sample, with its caption's token ids."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, vit_size: int, sd_size: int,
-                 seed: int | None) -> None:
+    names, stacked = COLUMNS, True
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, vit_size: int, sd_size: int) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
-        self.vit_size, self.sd_size, self.seed = vit_size, sd_size, seed
+        self.vit_size, self.sd_size = vit_size, sd_size
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = []
-        for key, captions, frames in zip(batch["key"], batch["captions"], batch["frames"]):
-            for index, (caption, data) in enumerate(zip(captions, frames)):
-                image = decode_image(data)
-                ids, mask = caption_ids(self.tokenizer, str(caption), self.max_length)
-                rows.append({"key": str(key), "frame": index, "caption": str(caption),
-                             "vit_pixels": vit_pixels(image, self.vit_size),
-                             "sd_pixels": sd_target(image, self.sd_size)[0], "input_ids": ids, "attention_mask": mask})
-        if self.seed is not None:
-            order = np.random.default_rng([self.seed, *(int(p) for p in batch["pass"])]).permutation(len(rows))
-            rows = [rows[i] for i in order]
-        return {name: np.stack([row[name] for row in rows]) if rows else np.zeros((0,)) for name in COLUMNS}
+    def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
+        for index, (caption, image) in enumerate(zip(story.captions, story.images)):
+            ids, mask = caption_ids(self.tokenizer, caption, self.max_length)
+            yield {"key": story.key, "frame": index, "caption": caption, "vit_pixels": vit_pixels(image, self.vit_size),
+                   "sd_pixels": sd_target(image, self.sd_size)[0], "input_ids": ids, "attention_mask": mask}
 
 
 def frame_text_dataset(config: SeedStoryConfig, split: Split,
                        tokenizer: PreTrainedTokenizerBase) -> tuple[ray.data.MaterializedDataset, DataReport]:
-    """Every frame of ``split`` once, materialised: ``train`` in a shuffled story order with frames interleaved,
-    ``val``/``test`` in file order."""
+    """Every frame of ``split`` once, materialised: ``train`` in a shuffled story order with the frames of
+    the stories in each map batch interleaved (a story's frames are near-duplicates of each other, poor
+    negatives for one another in a batch), ``val``/``test`` in file order."""
     lines = list(read_story_lines(expand_jsonl(split_jsonl(config, split))))
     shuffle = split == "train"
-    stories, report = story_dataset(lines, config.data.image_root, config,
-                                    pass_items(len(lines), 1, config.data.seed, shuffle))
-    data, model = config.data, config.model
-    samples = stories.map_batches(
-        FrameTextSamples, fn_constructor_kwargs={
-            "tokenizer": tokenizer, "max_length": require_text_tower(model).max_length,
-            "vit_size": model.vit.image_size, "sd_size": model.sd_image_size, "seed": data.seed if shuffle else None},
-        batch_size=data.preprocess_batch_size, num_cpus=data.actor_cpus,
-        compute=ray.data.ActorPoolStrategy(size=data.decode_concurrency),
-    )
+    model = config.model
+    cut = FrameTextCut(tokenizer, require_text_tower(model).max_length, model.vit.image_size, model.sd_image_size)
+    samples, report = story_samples(lines, config, pass_items(len(lines), 1, config.data.seed, shuffle), cut,
+                                    config.data.seed if shuffle else None)
     if not shuffle:
         samples.context.execution_options.preserve_order = True
     return samples.materialize(), report

@@ -1,10 +1,13 @@
 """Ray Data pipelines: JSONL lines -> validated stories -> stage samples -> Ray Train workers.
 
 The JSONL lines are read on the driver (they are small; the images are not) so that every
-bad record keeps its file and line number. Loading (fetch + decode + validate) and sample
-building run as ``map_batches`` on CPU actors. One ``StoryLedger`` actor per dataset counts
-good and bad stories across all of them and stops the pipeline, with an error naming the
-first bad records, as soon as the failure budget is exceeded.
+bad record keeps its file and line number. One ``map_batches`` on CPU actors does the costly
+part in one place: fetch a batch of stories, decode and validate their pictures, and cut the
+stage's samples from the pictures just decoded (``StorySamples``; every picture is decoded once
+per pass). The pool is ``data.decode_concurrency`` actors, or, by default, grows from one actor
+to as many as the CPUs the stage's training workers leave free. One ``StoryLedger`` actor per
+dataset counts good and bad stories across all of them and stops the pipeline, with an error
+naming the first bad records, as soon as the failure budget is exceeded.
 
 Training data is one stream of passes. A pass is every training story once, in an order drawn
 from (``data.seed``, pass), each story cut into windows drawn from (``data.seed``, pass, story
@@ -15,11 +18,11 @@ execution serves the whole run, with no state kept between executions or in acto
 Shuffling is streaming, in two levels: the story order of each pass is a permutation made on
 the driver (global and free: the items are indices), and each training worker draws its batches
 at random from a seeded local shuffle buffer (``worker_batches``, ``data.shuffle_buffer``
-samples), which mixes the samples of the stories in flight; stage 1 also interleaves the frames
-of the stories in each map batch, since one story yields up to 30 frames in a row. Ray Data's
-``random_shuffle`` would mix samples across the whole stream, but it is an all-to-all exchange
-that materialises every decoded sample before the first batch: too much memory and latency for
-pixels, and no better for SGD than a global story order plus a local buffer.
+samples), which mixes the samples of the stories in flight; the samples of the stories in each
+map batch are interleaved too, since one story yields up to 30 frames (or windows) in a row.
+Ray Data's ``random_shuffle`` would mix samples across the whole stream, but it is an all-to-all
+exchange that materialises every decoded sample before the first batch: too much memory and
+latency for pixels, and no better for SGD than a global story order plus a local buffer.
 
 Validation data is the val split once, in file order, with the windows of pass 0: the same
 samples in the same order at every evaluation. ``validation_set`` materialises it once in the
@@ -31,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Literal
@@ -49,7 +52,7 @@ from seedstory.data.layout import IGNORE_INDEX
 from seedstory.data.records import parse_story
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.sources import StoryLine, expand_jsonl, read_story_lines
-from seedstory.data.stories import load_story
+from seedstory.data.stories import Story, load_story
 from seedstory.data.windows import window_count
 
 log = logging.getLogger(__name__)
@@ -57,19 +60,20 @@ log = logging.getLogger(__name__)
 Stage = Literal["detokenizer_pretrain", "story_instruct", "detokenizer_adapt"]
 Split = Literal["train", "val", "test"]
 FRAME_COLUMNS = ("vit_pixels", "sd_pixels", "add_time_ids", "key", "frame", "pass")
+WINDOW_COLUMNS = ("key", "pass", "start", "num_images", "input_ids", "labels", "image_mask", "vit_pixels")
 
 
-@ray.remote(num_cpus=0)
 class StoryLedger:
-    """Counts each (file, line) once however many epochs or retries see it."""
+    """Counts each (file, line) once however many epochs or retries see it (one actor per dataset)."""
 
     def __init__(self, total_stories: int, failure_budget: float) -> None:
         self.ledger = BadRecordLedger(total_stories, failure_budget)
         self.seen: set[tuple[str, int]] = set()
         self.dropped_too_long = 0
 
-    def add(self, good: list[tuple[str, int, int]], bad: list[dict]) -> str | None:
+    def add(self, good: list[tuple[str, int, int]], bad: list[dict], dropped_too_long: int = 0) -> str | None:
         """Returns the budget error message once the budget is exceeded, else None."""
+        self.dropped_too_long += dropped_too_long
         for file, line, frames in good:
             if (file, line) not in self.seen:
                 self.seen.add((file, line))
@@ -83,9 +87,6 @@ class StoryLedger:
         except FailureBudgetExceeded as err:
             return str(err)
         return None
-
-    def add_dropped(self, count: int) -> None:
-        self.dropped_too_long += count
 
     def snapshot(self) -> tuple[BadRecordLedger, int]:
         return self.ledger, self.dropped_too_long
@@ -112,76 +113,108 @@ class DataReport:
         return line
 
 
-class LoadStories:
-    """Fetch, decode and validate a batch of (pass, story) items; bad stories go to the ledger, not downstream."""
+class SampleCut(ABC):
+    """How one stage cuts a valid story into samples: rows of ``names``, stacked into arrays when
+    every row has the same shapes (``stacked``), kept as lists otherwise."""
 
-    def __init__(self, lines: ray.ObjectRef, image_root: str, ledger: ray.actor.ActorHandle) -> None:
-        self.lines: list[StoryLine] = ray.get(lines)
-        self.image_root = image_root
-        self.ledger = ledger
+    names: tuple[str, ...]
+    stacked: bool
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        out: dict[str, list] = {"key": [], "pass": [], "captions": [], "frames": []}
-        good, bad = [], []
-        for pass_index, story in zip(batch["pass"], batch["story"]):
-            story_line = self.lines[int(story)]
-            try:
-                loaded = load_story(story_line, self.image_root)
-            except BadRecordError as err:
-                bad.append(asdict(BadRecord(story_line.file, story_line.line, err.kind.value, err.detail)))
-                continue
-            good.append((story_line.file, story_line.line, len(loaded.frames)))
-            out["key"].append(loaded.key)
-            out["pass"].append(int(pass_index))
-            out["captions"].append(list(loaded.captions))
-            out["frames"].append(list(loaded.frames))
-        error = ray.get(self.ledger.add.remote(good, bad))
-        if error:
-            raise FailureBudgetExceeded(error)
-        return out
+    @property
+    def dropped_too_long(self) -> int:
+        """Samples refused so far for exceeding ``data.max_length``."""
+        return 0
+
+    @abstractmethod
+    def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
+        """The story's samples for pass ``pass_index``."""
 
 
-def _batch_rng(seed: int, batch: dict[str, np.ndarray]) -> np.random.Generator:
-    """A generator drawn from the seed and the (pass, story) content of a batch, not from where it runs."""
-    content = "|".join(f"{p}:{k}" for p, k in zip(batch["pass"], batch["key"]))
-    return np.random.default_rng([seed, zlib.crc32(content.encode())])
+class FrameCut(SampleCut):
+    """Stage 1: one sample per frame."""
+
+    names, stacked = FRAME_COLUMNS, True
+
+    def __init__(self, vit_size: int, sd_size: int) -> None:
+        self.vit_size, self.sd_size = vit_size, sd_size
+
+    def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
+        for index, sample in enumerate(stage1_samples(story.images, self.vit_size, self.sd_size)):
+            yield {"key": story.key, "frame": index, "pass": pass_index, **sample}
 
 
-class FrameSamples:
-    """Stage 1: one sample per frame, the frames of the batch's stories interleaved at random."""
+class WindowCut(SampleCut):
+    """Stages 2 and 3: the story's windows for the pass (stage 3's with the target at SD size)."""
 
-    def __init__(self, vit_size: int, sd_size: int, seed: int) -> None:
-        self.vit_size, self.sd_size, self.seed = vit_size, sd_size, seed
+    stacked = False
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [{"key": key, "frame": index, "pass": pass_index, **sample}
-                for key, pass_index, frames in zip(batch["key"], batch["pass"], batch["frames"])
-                for index, sample in enumerate(stage1_samples(list(frames), self.vit_size, self.sd_size))]
-        rows = [rows[i] for i in _batch_rng(self.seed, batch).permutation(len(rows))]
-        return {name: np.stack([row[name] for row in rows]) if rows else np.zeros((0,)) for name in FRAME_COLUMNS}
-
-
-class WindowSamples:
-    """Stages 2 and 3: the windows of each story for its pass; reports over-long windows."""
-
-    def __init__(self, ledger: ray.actor.ActorHandle, **sampler: object) -> None:
-        self.ledger = ledger
+    def __init__(self, **sampler: object) -> None:
         self.sampler = WindowSampler(**sampler)
+        self.names = WINDOW_COLUMNS + (("sd_pixels", "add_time_ids") if self.sampler.sd_size is not None else ())
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        before = self.sampler.dropped_too_long
-        stories = zip(batch["key"], batch["captions"], batch["frames"], batch["pass"])
-        rows = [
-            {**sample, "pass": int(pass_index)}
-            for key, captions, frames, pass_index in stories
-            for sample in self.sampler.samples(str(key), [str(c) for c in captions], list(frames), int(pass_index))
-        ]
-        if self.sampler.dropped_too_long > before:
-            self.ledger.add_dropped.remote(self.sampler.dropped_too_long - before)
-        names = ["key", "pass", "start", "num_images", "input_ids", "labels", "image_mask", "vit_pixels"]
-        if self.sampler.sd_size is not None:
-            names += ["sd_pixels", "add_time_ids"]
-        return {name: [row[name] for row in rows] for name in names}
+    @property
+    def dropped_too_long(self) -> int:
+        return self.sampler.dropped_too_long
+
+    def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
+        for sample in self.sampler.samples(story.key, story.captions, story.images, pass_index):
+            yield {**sample, "pass": pass_index}
+
+
+class StorySamples:
+    """Fetch, decode and validate a batch of (pass, story) items and cut every valid story's samples from
+    the pictures decoded while validating it; with a ``seed``, the batch's samples are interleaved at random.
+
+    Accounting never holds a good batch up: each batch's report goes to the ledger without waiting, and
+    the verdict on the previous batch's report (answered while this batch decoded) is read instead. A
+    batch holding a bad record waits for its own verdict, so the pipeline stops at the record that
+    spends the failure budget, not a batch later.
+    """
+
+    def __init__(self, lines: ray.ObjectRef, image_root: str, ledger: ray.actor.ActorHandle, cut: SampleCut,
+                 seed: int | None) -> None:
+        self.lines: list[StoryLine] = ray.get(lines)
+        self.image_root, self.ledger, self.cut, self.seed = image_root, ledger, cut, seed
+        self.reported_dropped = 0
+        self.unread: ray.ObjectRef | None = None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray | list]:
+        rows, good, bad = [], [], []
+        for pass_index, story in zip(batch["pass"], batch["story"]):
+            line = self.lines[int(story)]
+            try:
+                loaded = load_story(line, self.image_root)
+            except BadRecordError as err:
+                bad.append(asdict(BadRecord(line.file, line.line, err.kind.value, err.detail)))
+                continue
+            good.append((line.file, line.line, len(loaded.images)))
+            rows.extend(self.cut(loaded, int(pass_index)))
+        self._report(good, bad)
+        if self.seed is not None:
+            order = np.random.default_rng([self.seed, *(int(x) for item in zip(batch["pass"], batch["story"])
+                                                         for x in item)]).permutation(len(rows))
+            rows = [rows[i] for i in order]
+        if self.cut.stacked:
+            return {name: np.stack([row[name] for row in rows]) if rows else np.zeros((0,)) for name in self.cut.names}
+        return {name: [row[name] for row in rows] for name in self.cut.names}
+
+    def _report(self, good: list[tuple[str, int, int]], bad: list[dict]) -> None:
+        dropped, self.reported_dropped = self.cut.dropped_too_long - self.reported_dropped, self.cut.dropped_too_long
+        sent = self.ledger.add.remote(good, bad, dropped)
+        verdicts = [ref for ref in (self.unread, sent if bad else None) if ref is not None]
+        self.unread = None if bad else sent
+        for error in ray.get(verdicts):
+            if error:
+                raise FailureBudgetExceeded(error)
+
+
+def decode_pool(data: DataConfig, reserved_cpus: float = 0.0) -> ray.data.ActorPoolStrategy:
+    """``data.decode_concurrency`` actors, or (unset) a pool Ray Data grows from one actor to as many as
+    the cluster's CPUs hold after ``reserved_cpus`` (the stage's training workers)."""
+    if data.decode_concurrency is not None:
+        return ray.data.ActorPoolStrategy(size=data.decode_concurrency)
+    free = ray.cluster_resources().get("CPU", 0.0) - reserved_cpus
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(free / data.actor_cpus)))
 
 
 def pass_items(stories: int, passes: int, seed: int, shuffle: bool) -> list[dict[str, int]]:
@@ -191,17 +224,17 @@ def pass_items(stories: int, passes: int, seed: int, shuffle: bool) -> list[dict
             for story in (np.random.default_rng([seed, p]).permutation(stories) if shuffle else range(stories))]
 
 
-def story_dataset(lines: list[StoryLine], image_root: str, config: SeedStoryConfig,
-                  items: list[dict[str, int]]) -> tuple[ray.data.Dataset, DataReport]:
-    """Valid stories as a Ray Dataset (bytes, not pixels), one row per (pass, story) item."""
-    ledger = StoryLedger.options(name=f"story-ledger-{uuid.uuid4().hex[:8]}").remote(
-        len(lines), config.data.failure_budget)
+def story_samples(lines: list[StoryLine], config: SeedStoryConfig, items: list[dict[str, int]], cut: SampleCut,
+                  seed: int | None, reserved_cpus: float = 0.0) -> tuple[ray.data.Dataset, DataReport]:
+    """The samples ``cut`` makes of the valid stories of ``items`` ((pass, story) rows) as a Ray Dataset."""
     data = config.data
+    ledger = ray.remote(num_cpus=0)(StoryLedger).options(name=f"story-ledger-{uuid.uuid4().hex[:8]}").remote(
+        len(lines), data.failure_budget)
     blocks = max(1, math.ceil(len(items) / data.preprocess_batch_size))
     dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        LoadStories, fn_constructor_kwargs={"lines": ray.put(lines), "image_root": image_root, "ledger": ledger},
-        batch_size=data.preprocess_batch_size, compute=ray.data.ActorPoolStrategy(size=data.decode_concurrency),
-        num_cpus=data.actor_cpus,
+        StorySamples, fn_constructor_kwargs={"lines": ray.put(lines), "image_root": data.image_root, "ledger": ledger,
+                                             "cut": cut, "seed": seed},
+        batch_size=data.preprocess_batch_size, compute=decode_pool(data, reserved_cpus), num_cpus=data.actor_cpus,
     )
     return dataset, DataReport(ledger)
 
@@ -234,6 +267,17 @@ def split_jsonl(config: SeedStoryConfig, split: Split) -> list[str]:
     return {"train": config.data.train_jsonl, "val": config.data.val_jsonl, "test": config.data.test_jsonl}[split]
 
 
+def stage_cut(stage: Stage, config: SeedStoryConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> SampleCut:
+    model, data = config.model, config.data
+    if stage == "detokenizer_pretrain":
+        return FrameCut(model.vit.image_size, model.sd_image_size)
+    if tokenizer is None:
+        raise ValueError(f"stage {stage!r} builds token layouts and needs a tokenizer")
+    return WindowCut(tokenizer=tokenizer, image_tokens=model.image_tokens, vit_size=model.vit.image_size,
+                     window_frames=data.window_frames, min_context=data.min_context_frames, max_length=data.max_length,
+                     seed=data.seed, sd_size=model.sd_image_size if stage == "detokenizer_adapt" else None)
+
+
 def stage_dataset(stage: Stage, config: SeedStoryConfig, split: Split = "train",
                   tokenizer: PreTrainedTokenizerBase | None = None,
                   passes: int | None = None) -> tuple[ray.data.Dataset, DataReport]:
@@ -247,21 +291,10 @@ def stage_dataset(stage: Stage, config: SeedStoryConfig, split: Split = "train",
     if passes is None:
         passes = passes_for(stage, config, samples_per_pass(stage, lines, config.data)) if shuffle else 1
     items = pass_items(len(lines), passes, config.data.seed, shuffle)
-    stories, report = story_dataset(lines, config.data.image_root, config, items)
-    data, model = config.data, config.model
-    common = {"batch_size": data.preprocess_batch_size, "num_cpus": data.actor_cpus,
-              "compute": ray.data.ActorPoolStrategy(size=data.decode_concurrency)}
-    if stage == "detokenizer_pretrain":
-        return stories.map_batches(FrameSamples, fn_constructor_kwargs={
-            "vit_size": model.vit.image_size, "sd_size": model.sd_image_size, "seed": data.seed}, **common), report
-    if tokenizer is None:
-        raise ValueError(f"stage {stage!r} builds token layouts and needs a tokenizer")
-    sampler = {"tokenizer": tokenizer, "image_tokens": model.image_tokens, "vit_size": model.vit.image_size,
-               "window_frames": data.window_frames, "min_context": data.min_context_frames,
-               "max_length": data.max_length, "seed": data.seed,
-               "sd_size": model.sd_image_size if stage == "detokenizer_adapt" else None}
-    return stories.map_batches(WindowSamples, fn_constructor_kwargs={"ledger": report.ledger, **sampler},
-                               **common), report
+    settings = getattr(config.train, stage)
+    reserved = settings.num_workers * settings.cpus_per_worker if split == "train" else 0.0
+    return story_samples(lines, config, items, stage_cut(stage, config, tokenizer),
+                         config.data.seed if shuffle else None, reserved)
 
 
 def validation_set(stage: Stage, config: SeedStoryConfig,

@@ -1,4 +1,4 @@
-"""Training samples for each stage, cut from one valid story (numpy, ready for Ray Data).
+"""Training samples for each stage, cut from one valid story's decoded pictures (numpy, ready for Ray Data).
 
 stage 1: every frame -> ViT input + SD target with SD-XL size/crop conditioning.
 stage 2: random windows (``seedstory.data.windows``, new ones every pass) -> token layout, labels,
@@ -12,17 +12,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from seedstory.data.images import decode_image
 from seedstory.data.layout import StoryLayout
 from seedstory.data.pixels import sd_target, vit_pixels
 from seedstory.data.windows import story_windows
 
 
-def stage1_samples(frames: Sequence[bytes], vit_size: int, sd_size: int) -> Iterator[dict[str, np.ndarray]]:
-    for data in frames:
-        image = decode_image(data)
+def stage1_samples(images: Sequence[Image.Image], vit_size: int, sd_size: int) -> Iterator[dict[str, np.ndarray]]:
+    for image in images:
         sd_pixels, time_ids = sd_target(image, sd_size)
         yield {"vit_pixels": vit_pixels(image, vit_size), "sd_pixels": sd_pixels, "add_time_ids": time_ids}
 
@@ -45,18 +44,19 @@ class WindowSampler:
     def __post_init__(self) -> None:
         self.layout = StoryLayout(self.tokenizer, self.image_tokens)
 
-    def samples(self, key: str, captions: Sequence[str], frames: Sequence[bytes], pass_index: int = 0) -> Iterator[dict]:
+    def samples(self, key: str, captions: Sequence[str], images: Sequence[Image.Image],
+                pass_index: int = 0) -> Iterator[dict]:
         for window in story_windows(key, len(captions), self.window_frames, self.min_context, self.seed, pass_index):
             tokens = self.layout.build([captions[i] for i in window.frames])
             if len(tokens) > self.max_length:
                 self.dropped_too_long += 1
                 continue
-            images = [decode_image(frames[i]) for i in window.frames]
+            pictures = [images[i] for i in window.frames]
             sample = {
-                "key": key, "start": window.start, "num_images": len(images),
+                "key": key, "start": window.start, "num_images": len(pictures),
                 "input_ids": tokens.input_ids, "labels": tokens.labels, "image_mask": tokens.image_mask,
-                "vit_pixels": np.stack([vit_pixels(image, self.vit_size) for image in images]),
+                "vit_pixels": np.stack([vit_pixels(picture, self.vit_size) for picture in pictures]),
             }
             if self.sd_size is not None:
-                sample["sd_pixels"], sample["add_time_ids"] = sd_target(images[-1], self.sd_size)
+                sample["sd_pixels"], sample["add_time_ids"] = sd_target(pictures[-1], self.sd_size)
             yield sample

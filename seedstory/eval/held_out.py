@@ -30,4 +30,4 @@ def held_out_stories(config: SeedStoryConfig, count: int) -> list[HeldOutStory]:
         raise ValueError(f"the test split holds {len(lines)} stories, fewer than the {count} asked for: "
                          "write a bigger toy world (data.toy.stories) or ask for fewer")
     stories = [load_story(line, config.data.image_root) for line in lines[:count]]
-    return [HeldOutStory(s.key, list(s.captions), [s.image(i) for i in range(len(s.frames))]) for s in stories]
+    return [HeldOutStory(s.key, list(s.captions), list(s.images)) for s in stories]

@@ -2,20 +2,23 @@
 
 import itertools
 import json
+import time
 from collections import Counter
 
 import numpy as np
 import pytest
 import ray
 import torch
+from PIL import Image
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from seedstory.config import load_config
 from seedstory.data.layout import IGNORE_INDEX
-from seedstory.data.pipeline import (WindowCollate, passes_for, samples_per_pass, stage_dataset, validation_set,
-                                     worker_batches)
+from seedstory.data.badrecords import FailureBudgetExceeded
+from seedstory.data.pipeline import (FrameCut, StoryLedger, StorySamples, WindowCollate, decode_pool, passes_for,
+                                     samples_per_pass, stage_cut, stage_dataset, validation_set, worker_batches)
 from seedstory.data.sources import StoryLine
 from seedstory.data.toyworld.generate import toy_story, write_toy_world
 from seedstory.data.windows import story_windows, window_count
@@ -210,3 +213,60 @@ def test_bad_records_past_the_budget_stop_the_pipeline_naming_them(toy, ray_clus
     dataset, report = stage_dataset("detokenizer_pretrain", broken, "train", passes=1)
     assert dataset.count() == sum(len(toy_story(config.data.toy, i).record.images) for i in range(3))
     assert report.metrics()["data/bad_bad_json"] == 1 and "1 bad skipped (bad_json=1)" in report.log()
+
+
+def _lines(config, indices) -> list[StoryLine]:
+    return [StoryLine("train.jsonl", n + 1, toy_story(config.data.toy, i).record.to_line()) for n, i in enumerate(indices)]
+
+
+@pytest.mark.parametrize("stage", ["detokenizer_pretrain", "detokenizer_adapt"])
+def test_every_picture_is_decoded_once_per_pass(toy, ray_cluster, monkeypatch, stage):
+    """Checking a story decodes its pictures; the samples are cut from those, not from the bytes again
+    (stage 3's windows share frames: before, each window decoded its own)."""
+    config, _, tokenizer = toy
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(1) or real_open(*args, **kwargs))
+    lines = _lines(config, (0, 1))
+    ledger = ray.remote(num_cpus=0)(StoryLedger).remote(len(lines), 0.0)
+    samples = StorySamples(ray.put(lines), config.data.image_root, ledger, stage_cut(stage, config, tokenizer), seed=0)
+    out = samples({"pass": np.array([0, 0]), "story": np.array([0, 1])})
+    frames = sum(len(toy_story(config.data.toy, i).record.images) for i in (0, 1))
+    assert len(opened) == frames
+    windows = sum(window_count(len(toy_story(config.data.toy, i).record.images), 10, 1) for i in (0, 1))
+    assert len(out["key"]) == (frames if stage == "detokenizer_pretrain" else windows)
+
+
+LEDGER_DELAY = 3.0
+
+
+class SlowLedger(StoryLedger):
+    def add(self, *args, **kwargs):
+        time.sleep(LEDGER_DELAY)
+        return super().add(*args, **kwargs)
+
+
+def test_a_good_batch_never_waits_for_the_ledger_and_a_bad_one_gets_its_verdict(toy, ray_cluster):
+    config, _, _ = toy
+    lines = [*_lines(config, (0, 1)), StoryLine("train.jsonl", 3, "{broken")]
+    ledger = ray.remote(num_cpus=0)(SlowLedger).remote(len(lines), 0.0)
+    samples = StorySamples(ray.put(lines), config.data.image_root, ledger, FrameCut(56, 64), seed=None)
+    started = time.monotonic()
+    assert len(samples({"pass": np.array([0]), "story": np.array([0])})["key"]) > 0
+    assert time.monotonic() - started < LEDGER_DELAY
+    with pytest.raises(FailureBudgetExceeded, match=r"train.jsonl:3 bad_json"):
+        samples({"pass": np.array([0, 0]), "story": np.array([1, 2])})
+    counted, _ = ray.get(ledger.snapshot.remote())
+    assert (counted.stories, counted.bad_total) == (2, 1)
+
+
+def test_the_decode_pool_grows_into_the_cpus_training_leaves_free(toy, ray_cluster):
+    assert load_config("paper").data.decode_concurrency is None
+    config = toy[0].model_copy(deep=True)
+    config.data.decode_concurrency = None
+    free = ray.cluster_resources()["CPU"] - 1.0
+    pool = decode_pool(config.data, reserved_cpus=1.0)
+    assert (pool.min_size, pool.max_size) == (1, int(free / config.data.actor_cpus)) and pool.max_size > 1
+    config.data.decode_concurrency = 3
+    pool = decode_pool(config.data, reserved_cpus=1.0)
+    assert (pool.min_size, pool.max_size) == (3, 3)

@@ -33,7 +33,7 @@ def _round_trip(uri: str) -> None:
         assert parse_story(line.text) == expected.record
         story = load_story(line, summary["image_root"])
         for index, state in enumerate(expected.states):
-            assert judge.read(story.image(index)) == FrameFacts.of_state(state)
+            assert judge.read(story.images[index]) == FrameFacts.of_state(state)
     ledger = scan_dataset(summary["jsonl"]["train"], summary["image_root"], failure_budget=0.0)
     assert ledger.bad_total == 0 and ledger.stories == summary["splits"]["train"]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from diffusers import UNet2DConditionModel
 from mlflow import MlflowClient
@@ -31,7 +32,7 @@ from transformers import LlamaForCausalLM
 
 from seedstory import storage
 from seedstory.config import load_config
-from seedstory.data.images import encode_image
+from seedstory.data.images import decode_image, encode_image
 from seedstory.data.pipeline import WindowCollate
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.toyworld.generate import split_of, toy_story, write_toy_world
@@ -141,10 +142,11 @@ def assert_equal_tensors(exported: dict[str, torch.Tensor], trained: dict[str, t
         assert torch.equal(tensor, trained[prefix + name]), name
 
 
-def train_frames(config) -> tuple[list[str], list[bytes]]:
+def train_frames(config) -> tuple[list[str], list[Image.Image]]:
     index = next(i for i in range(config.data.toy.stories) if split_of(config.data.toy, i) == "train")
     story = toy_story(config.data.toy, index)
-    images = [encode_image(render_frame(state, config.data.toy.image_size), ".jpg") for state in story.states]
+    images = [decode_image(encode_image(render_frame(state, config.data.toy.image_size), ".jpg"))
+              for state in story.states]
     return list(story.record.captions), images
 
 

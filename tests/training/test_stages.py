@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from seedstory.config import load_config
-from seedstory.data.images import encode_image
+from seedstory.data.images import decode_image, encode_image
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.toyworld.generate import toy_story
 from seedstory.data.toyworld.render import render_frame
@@ -43,9 +44,10 @@ def config(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def frames(config) -> tuple[list[str], list[bytes]]:
+def frames(config) -> tuple[list[str], list[Image.Image]]:
     story = toy_story(config.data.toy, 0)
-    images = [encode_image(render_frame(state, config.data.toy.image_size), ".jpg") for state in story.states]
+    images = [decode_image(encode_image(render_frame(state, config.data.toy.image_size), ".jpg"))
+              for state in story.states]
     return list(story.record.captions), images
 
 
