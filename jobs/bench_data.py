@@ -46,8 +46,7 @@ def main() -> None:
     results = {"preset": config.model.preset, "stories": world["splits"]["train"], "batch_size": args.batch_size,
                "format": "raw jsonl + images", "storage": "local S3 (SeaweedFS)", "stages": {}}
     for stage in STAGES:
-        dataset, report = stage_dataset(stage, config, "train", tokenizer=None if stage == STAGES[0] else tokenizer,
-                                        passes=1)
+        dataset, report = stage_dataset(stage, config, "train", tokenizer=None if stage == STAGES[0] else tokenizer)
         collate = None if stage == STAGES[0] else WindowCollate(image_token_ids(tokenizer, config.model.image_tokens).pad)
         start, samples = time.perf_counter(), 0
         for batch in dataset.iter_torch_batches(batch_size=args.batch_size, collate_fn=collate):

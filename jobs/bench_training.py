@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 
 from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.config import SeedStoryConfig
-from seedstory.data.pipeline import stage_dataset
+from seedstory.data.streams import stage_stream
 from seedstory.training.base_weights import write_tiny_base
 from seedstory.training.run import StageRun, start_stage
 
@@ -53,9 +53,9 @@ def measure(run: StageRun, skip: int, seconds: float) -> dict:
 def bench_stage(stage: str, config: SeedStoryConfig, skip: int) -> tuple[dict, str]:
     with start_stage(stage, config) as run:
         tokenizer = run.tokenizer()
-        dataset, report = stage_dataset(stage, run.config, "train", tokenizer=tokenizer)
+        stream, report = stage_stream(stage, run.config, tokenizer)
         started = time.perf_counter()
-        run.fit(dataset, run.validation_set(tokenizer))
+        run.fit(stream, run.validation_set(tokenizer))
         seconds = time.perf_counter() - started
         run.log_data(report)
     if not run.finished:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from seedstory.cli.options import add_config_arguments, config_from_args
-from seedstory.data.pipeline import stage_dataset
+from seedstory.data.streams import stage_stream
 from seedstory.training.run import start_stage
 
 STAGE = "detokenizer_pretrain"
@@ -30,7 +30,7 @@ def main() -> None:
     config = config_from_args(arguments().parse_args())
 
     with start_stage(STAGE, config) as run:
-        frames, report = stage_dataset(STAGE, run.config, "train")
+        frames, report = stage_stream(STAGE, run.config)
         run.fit(frames, run.validation_set())
         run.log_data(report)
         run.register()

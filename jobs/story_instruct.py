@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from seedstory.cli.options import add_config_arguments, config_from_args
-from seedstory.data.pipeline import stage_dataset
+from seedstory.data.streams import stage_stream
 from seedstory.training.run import start_stage
 
 STAGE = "story_instruct"
@@ -31,7 +31,7 @@ def main() -> None:
 
     with start_stage(STAGE, config) as run:
         tokenizer = run.tokenizer()
-        windows, report = stage_dataset(STAGE, run.config, "train", tokenizer=tokenizer)
+        windows, report = stage_stream(STAGE, run.config, tokenizer)
         run.fit(windows, run.validation_set(tokenizer))
         run.log_data(report)
         run.register()

@@ -42,15 +42,19 @@ class DataConfig(Section):
     failure_budget: float = Field(0.01, ge=0, le=1)
     seed: int = 0
     shuffle_buffer: int = Field(
-        64, ge=0, description="samples each training worker holds to draw its batches at random from "
-        "(Ray Data local shuffle buffer; 0: stream order)",
+        64, ge=0, description="samples each worker training a tiny base holds to draw its batches at random "
+        "from (Ray Data local shuffle buffer; 0: stream order); the story stages shuffle by story order and "
+        "within each group of preprocess_batch_size stories instead, so that a resume is exact",
     )
     decode_concurrency: int | None = Field(
         None, ge=1, description="actors that fetch, decode and cut samples; unset: Ray Data grows the pool from "
         "one actor to as many as the CPUs the stage's training workers leave free hold",
     )
     actor_cpus: float = Field(0.25, gt=0)
-    preprocess_batch_size: int = Field(8, ge=1)
+    preprocess_batch_size: int = Field(
+        8, ge=1, description="stories fetched, decoded and cut together (one map batch); their samples are "
+        "interleaved at random, so a training micro-batch mixes up to this many stories",
+    )
     toy: ToyWorldConfig = Field(default_factory=ToyWorldConfig)
 
     @model_validator(mode="after")

@@ -4,8 +4,8 @@ One sample per frame: ``vit_pixels`` (CLIP-normalised, ViT size), ``sd_pixels`` 
 size), the caption's token ids cut or padded to ``model.text_tower.max_length`` with their
 ``attention_mask``, and the caption and story key for evaluation. Decoding is the costly part
 and the bases train for many epochs on a small split, so the split is decoded once and
-materialised in the object store; the training loop re-reads it every epoch through its seeded
-local shuffle buffer.
+materialised in the object store; training re-reads it every pass
+(``seedstory.data.streams.EpochStream``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
-from seedstory.data.pipeline import DataReport, SampleCut, Split, pass_items, split_jsonl, story_samples
+from seedstory.data.pipeline import (DataReport, SampleCut, Split, groups_of, new_ledger, split_jsonl,
+                                     story_samples)
 from seedstory.data.pixels import sd_target, vit_pixels
 from seedstory.data.sources import expand_jsonl, read_story_lines
 from seedstory.data.stories import Story
@@ -58,17 +59,17 @@ class FrameTextCut(SampleCut):
 def frame_text_dataset(config: SeedStoryConfig, split: Split,
                        tokenizer: PreTrainedTokenizerBase) -> tuple[ray.data.MaterializedDataset, DataReport]:
     """Every frame of ``split`` once, materialised: ``train`` in a shuffled story order with the frames of
-    the stories in each map batch interleaved (a story's frames are near-duplicates of each other, poor
+    the stories in each group interleaved (a story's frames are near-duplicates of each other, poor
     negatives for one another in a batch), ``val``/``test`` in file order."""
     lines = list(read_story_lines(expand_jsonl(split_jsonl(config, split))))
     shuffle = split == "train"
-    model = config.model
+    data, model = config.data, config.model
+    order = np.random.default_rng([data.seed, 0]).permutation(len(lines)) if shuffle else range(len(lines))
     cut = FrameTextCut(tokenizer, require_text_tower(model).max_length, model.vit.image_size, model.sd_image_size)
-    samples, report = story_samples(lines, config, pass_items(len(lines), 1, config.data.seed, shuffle), cut,
-                                    config.data.seed if shuffle else None)
-    if not shuffle:
-        samples.context.execution_options.preserve_order = True
-    return samples.materialize(), report
+    ledger = new_ledger(lines, data)
+    samples = story_samples(lines, data, groups_of(order, 0, data.preprocess_batch_size), cut, ledger,
+                            data.seed if shuffle else None)
+    return samples.materialize(), DataReport(ledger)
 
 
 class ColumnsCollate(NumpyBatchCollateFn):

@@ -1,28 +1,17 @@
-"""Ray Data pipelines: JSONL lines -> validated stories -> stage samples -> Ray Train workers.
+"""Ray Data pipelines: JSONL lines -> validated stories -> stage samples.
 
 The JSONL lines are read on the driver (they are small; the images are not) so that every
 bad record keeps its file and line number. One ``map_batches`` on CPU actors does the costly
-part in one place: fetch a batch of stories, decode and validate their pictures, and cut the
+part in one place: fetch a group of stories, decode and validate their pictures, and cut the
 stage's samples from the pictures just decoded (``StorySamples``; every picture is decoded once
 per pass). The pool is ``data.decode_concurrency`` actors, or, by default, grows from one actor
 to as many as the CPUs the stage's training workers leave free. One ``StoryLedger`` actor per
 dataset counts good and bad stories across all of them and stops the pipeline, with an error
 naming the first bad records, as soon as the failure budget is exceeded.
 
-Training data is one stream of passes. A pass is every training story once, in an order drawn
-from (``data.seed``, pass), each story cut into windows drawn from (``data.seed``, pass, story
-key). The driver lays the stream out as (pass, story) items, as many passes as ``max_steps``
-needs, so the pass index reaches the map that cuts windows as plain data: one Ray Data
-execution serves the whole run, with no state kept between executions or in actors.
-
-Shuffling is streaming, in two levels: the story order of each pass is a permutation made on
-the driver (global and free: the items are indices), and each training worker draws its batches
-at random from a seeded local shuffle buffer (``worker_batches``, ``data.shuffle_buffer``
-samples), which mixes the samples of the stories in flight; the samples of the stories in each
-map batch are interleaved too, since one story yields up to 30 frames (or windows) in a row.
-Ray Data's ``random_shuffle`` would mix samples across the whole stream, but it is an all-to-all
-exchange that materialises every decoded sample before the first batch: too much memory and
-latency for pixels, and no better for SGD than a global story order plus a local buffer.
+Each group of stories is one block and one map batch, in order, so every sample has a fixed
+position (pass, group, index): the training streams built on this (``seedstory.data.streams``)
+restart from any position without reading what comes before it.
 
 Validation data is the val split once, in file order, with the windows of pass 0: the same
 samples in the same order at every evaluation. ``validation_set`` materialises it once in the
@@ -35,11 +24,12 @@ import logging
 import math
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import asdict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import ray
 from ray.data.collate_fn import NumpyBatchCollateFn
 import torch
@@ -59,8 +49,9 @@ log = logging.getLogger(__name__)
 
 Stage = Literal["detokenizer_pretrain", "story_instruct", "detokenizer_adapt"]
 Split = Literal["train", "val", "test"]
-FRAME_COLUMNS = ("vit_pixels", "sd_pixels", "add_time_ids", "key", "frame", "pass")
-WINDOW_COLUMNS = ("key", "pass", "start", "num_images", "input_ids", "labels", "image_mask", "vit_pixels")
+FRAME_COLUMNS = ("vit_pixels", "sd_pixels", "add_time_ids", "key", "frame")
+WINDOW_COLUMNS = ("key", "start", "num_images", "input_ids", "labels", "image_mask", "vit_pixels")
+POSITION_COLUMNS = ("pass", "group", "index")
 
 
 class StoryLedger:
@@ -140,7 +131,7 @@ class FrameCut(SampleCut):
 
     def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
         for index, sample in enumerate(stage1_samples(story.images, self.vit_size, self.sd_size)):
-            yield {"key": story.key, "frame": index, "pass": pass_index, **sample}
+            yield {"key": story.key, "frame": index, **sample}
 
 
 class WindowCut(SampleCut):
@@ -157,13 +148,16 @@ class WindowCut(SampleCut):
         return self.sampler.dropped_too_long
 
     def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
-        for sample in self.sampler.samples(story.key, story.captions, story.images, pass_index):
-            yield {**sample, "pass": pass_index}
+        yield from self.sampler.samples(story.key, story.captions, story.images, pass_index)
 
 
 class StorySamples:
-    """Fetch, decode and validate a batch of (pass, story) items and cut every valid story's samples from
-    the pictures decoded while validating it; with a ``seed``, the batch's samples are interleaved at random.
+    """Fetch, decode and validate one group of stories and cut every valid story's samples from the
+    pictures decoded while validating it; with a ``seed``, the group's samples are interleaved at random.
+
+    A batch is one group: rows of ``pass``, ``group``, ``story`` and ``skip``, the same pass, group and
+    skip on every row. Each sample gets its position in the stream (``pass``, ``group``, ``index`` in
+    the group's interleaved order); the first ``skip`` samples are left out (a resumed stream).
 
     Accounting never holds a good batch up: each batch's report goes to the ledger without waiting, and
     the verdict on the previous batch's report (answered while this batch decoded) is read instead. A
@@ -175,12 +169,14 @@ class StorySamples:
                  seed: int | None) -> None:
         self.lines: list[StoryLine] = ray.get(lines)
         self.image_root, self.ledger, self.cut, self.seed = image_root, ledger, cut, seed
+        self.names = (*cut.names, *POSITION_COLUMNS)
         self.reported_dropped = 0
         self.unread: ray.ObjectRef | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray | list]:
+        pass_index, group, skip = int(batch["pass"][0]), int(batch["group"][0]), int(batch["skip"][0])
         rows, good, bad = [], [], []
-        for pass_index, story in zip(batch["pass"], batch["story"]):
+        for story in batch["story"]:
             line = self.lines[int(story)]
             try:
                 loaded = load_story(line, self.image_root)
@@ -188,15 +184,15 @@ class StorySamples:
                 bad.append(asdict(BadRecord(line.file, line.line, err.kind.value, err.detail)))
                 continue
             good.append((line.file, line.line, len(loaded.images)))
-            rows.extend(self.cut(loaded, int(pass_index)))
+            rows.extend(self.cut(loaded, pass_index))
         self._report(good, bad)
         if self.seed is not None:
-            order = np.random.default_rng([self.seed, *(int(x) for item in zip(batch["pass"], batch["story"])
-                                                         for x in item)]).permutation(len(rows))
-            rows = [rows[i] for i in order]
+            order = np.random.default_rng([self.seed, pass_index, *(int(s) for s in batch["story"])])
+            rows = [rows[i] for i in order.permutation(len(rows))]
+        rows = [{**row, "pass": pass_index, "group": group, "index": index} for index, row in enumerate(rows)][skip:]
         if self.cut.stacked:
-            return {name: np.stack([row[name] for row in rows]) if rows else np.zeros((0,)) for name in self.cut.names}
-        return {name: [row[name] for row in rows] for name in self.cut.names}
+            return {name: np.stack([row[name] for row in rows]) if rows else np.zeros((0,)) for name in self.names}
+        return {name: [row[name] for row in rows] for name in self.names}
 
     def _report(self, good: list[tuple[str, int, int]], bad: list[dict]) -> None:
         dropped, self.reported_dropped = self.cut.dropped_too_long - self.reported_dropped, self.cut.dropped_too_long
@@ -217,26 +213,39 @@ def decode_pool(data: DataConfig, reserved_cpus: float = 0.0) -> ray.data.ActorP
     return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(free / data.actor_cpus)))
 
 
-def pass_items(stories: int, passes: int, seed: int, shuffle: bool) -> list[dict[str, int]]:
-    """(pass, story) items: every story once per pass, in an order drawn from (seed, pass) when shuffling."""
-    return [{"pass": p, "story": int(story)}
-            for p in range(passes)
-            for story in (np.random.default_rng([seed, p]).permutation(stories) if shuffle else range(stories))]
-
-
-def story_samples(lines: list[StoryLine], config: SeedStoryConfig, items: list[dict[str, int]], cut: SampleCut,
-                  seed: int | None, reserved_cpus: float = 0.0) -> tuple[ray.data.Dataset, DataReport]:
-    """The samples ``cut`` makes of the valid stories of ``items`` ((pass, story) rows) as a Ray Dataset."""
-    data = config.data
-    ledger = ray.remote(num_cpus=0)(StoryLedger).options(name=f"story-ledger-{uuid.uuid4().hex[:8]}").remote(
+def new_ledger(lines: list[StoryLine], data: DataConfig) -> ray.actor.ActorHandle:
+    return ray.remote(num_cpus=0)(StoryLedger).options(name=f"story-ledger-{uuid.uuid4().hex[:8]}").remote(
         len(lines), data.failure_budget)
-    blocks = max(1, math.ceil(len(items) / data.preprocess_batch_size))
-    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+
+
+@dataclass(frozen=True)
+class Group:
+    """Stories fetched and cut together (one map batch), and how many of their samples were consumed."""
+
+    pass_index: int
+    group: int
+    stories: list[int]
+    skip: int = 0
+
+
+def groups_of(stories: Sequence[int], pass_index: int, size: int) -> list[Group]:
+    """``stories`` in order, ``size`` at a time."""
+    return [Group(pass_index, g, [int(s) for s in stories[start:start + size]])
+            for g, start in enumerate(range(0, len(stories), size))]
+
+
+def story_samples(lines: list[StoryLine], data: DataConfig, groups: list[Group], cut: SampleCut,
+                  ledger: ray.actor.ActorHandle, seed: int | None, reserved_cpus: float = 0.0) -> ray.data.Dataset:
+    """The samples ``cut`` makes of the valid stories of ``groups``, in order: one block, one map batch per group."""
+    tables = [pa.table({"pass": [g.pass_index] * len(g.stories), "group": [g.group] * len(g.stories),
+                        "story": g.stories, "skip": [g.skip] * len(g.stories)}) for g in groups]
+    dataset = ray.data.from_arrow(tables).map_batches(
         StorySamples, fn_constructor_kwargs={"lines": ray.put(lines), "image_root": data.image_root, "ledger": ledger,
                                              "cut": cut, "seed": seed},
-        batch_size=data.preprocess_batch_size, compute=decode_pool(data, reserved_cpus), num_cpus=data.actor_cpus,
+        batch_size=None, compute=decode_pool(data, reserved_cpus), num_cpus=data.actor_cpus,
     )
-    return dataset, DataReport(ledger)
+    dataset.context.execution_options.preserve_order = True
+    return dataset
 
 
 def samples_per_pass(stage: Stage, lines: list[StoryLine], data: DataConfig) -> int:
@@ -278,23 +287,14 @@ def stage_cut(stage: Stage, config: SeedStoryConfig, tokenizer: PreTrainedTokeni
                      seed=data.seed, sd_size=model.sd_image_size if stage == "detokenizer_adapt" else None)
 
 
-def stage_dataset(stage: Stage, config: SeedStoryConfig, split: Split = "train",
-                  tokenizer: PreTrainedTokenizerBase | None = None,
-                  passes: int | None = None) -> tuple[ray.data.Dataset, DataReport]:
-    """The samples of one training stage for ``split`` of ``config.data``.
-
-    ``train``: ``passes`` shuffled passes with fresh windows (default: enough for ``max_steps``);
-    ``val``/``test``: one pass in file order with the windows of pass 0.
-    """
+def stage_dataset(stage: Stage, config: SeedStoryConfig, split: Split,
+                  tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[ray.data.Dataset, DataReport]:
+    """The samples of one stage for ``split`` of ``config.data``, once, in file order with the windows of
+    pass 0 (training reads ``seedstory.data.streams.StoryStream`` instead)."""
     lines = list(read_story_lines(expand_jsonl(split_jsonl(config, split))))
-    shuffle = split == "train"
-    if passes is None:
-        passes = passes_for(stage, config, samples_per_pass(stage, lines, config.data)) if shuffle else 1
-    items = pass_items(len(lines), passes, config.data.seed, shuffle)
-    settings = getattr(config.train, stage)
-    reserved = settings.num_workers * settings.cpus_per_worker if split == "train" else 0.0
-    return story_samples(lines, config, items, stage_cut(stage, config, tokenizer),
-                         config.data.seed if shuffle else None, reserved)
+    ledger = new_ledger(lines, config.data)
+    groups = groups_of(range(len(lines)), 0, config.data.preprocess_batch_size)
+    return story_samples(lines, config.data, groups, stage_cut(stage, config, tokenizer), ledger, None), DataReport(ledger)
 
 
 def validation_set(stage: Stage, config: SeedStoryConfig,
@@ -315,15 +315,6 @@ def validation_set(stage: Stage, config: SeedStoryConfig,
                          f"than one per worker ({settings.num_workers}): give it more stories, or set "
                          f"train.{stage}.val_every=null to train without validation")
     return val, report
-
-
-def worker_batches(shard: ray.data.DataIterator, data: DataConfig, batch_size: int, collate: NumpyBatchCollateFn,
-                   epoch: int, rank: int) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch of a training worker's shard, in batches drawn from a local shuffle buffer seeded by
-    (``data.seed``, epoch, rank): the same order whenever the same stream is read again (resume)."""
-    seed = int(np.random.SeedSequence([data.seed, epoch, rank]).generate_state(1)[0])
-    return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=True,
-                                    local_shuffle_buffer_size=data.shuffle_buffer or None, local_shuffle_seed=seed)
 
 
 class WindowCollate(NumpyBatchCollateFn):

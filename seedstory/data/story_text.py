@@ -50,7 +50,7 @@ def story_texts(config: SeedStoryConfig, split: Split, tokenizer: PreTrainedToke
 
 
 def story_text_dataset(texts: list[np.ndarray], config: SeedStoryConfig) -> ray.data.MaterializedDataset:
-    """One row per story; the training loop re-reads it every epoch through its seeded local shuffle buffer."""
+    """One row per story, materialised: training re-reads it every pass (``seedstory.data.streams.EpochStream``)."""
     settings = config.train.llm_pretrain
     if len(texts) < settings.micro_batch_size * settings.num_workers:
         raise ValueError(f"{len(texts)} training stories cannot fill a micro-batch of {settings.micro_batch_size} "

@@ -22,6 +22,7 @@ from seedstory import storage
 from seedstory.config import SeedStoryConfig
 from seedstory.data.frame_text import frame_text_dataset
 from seedstory.data.story_text import story_text_dataset, story_texts
+from seedstory.data.streams import EpochStream
 from seedstory.models.detokenizer import build_vae, latent_scaling_factor
 from seedstory.models.dual_encoder import load_dual_encoder, save_tokenizer
 from seedstory.models.mllm import build_llm
@@ -88,6 +89,7 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
     stages.train.base_weights = None  # the stages make the bases instead of reading them
     stages.train.clip_pretrain.sources = {"tokenizer": tokenizer_uri}
     stages.train.llm_pretrain.sources = {"tokenizer": tokenizer_uri}
+    data = config.data
     frames, report = frame_text_dataset(stages, "train", tokenizer)
     val = _columns(frame_text_dataset(stages, "val", tokenizer)[0])
     texts, bad_texts = story_texts(stages, "train", tokenizer)
@@ -100,10 +102,10 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
         with start_stage(stage, stages) as run:
             mlflow.set_tag("seedstory.base_weights", uri)
             if stage == "llm_pretrain":
-                run.fit(story_text_dataset(texts, run.config))
+                run.fit(EpochStream(story_text_dataset(texts, run.config), data.seed, data.shuffle_buffer))
                 mlflow.log_metrics({"data/stories": float(len(texts)), "data/bad_total": float(bad_texts)})
             else:
-                run.fit(frames)
+                run.fit(EpochStream(frames, data.seed, data.shuffle_buffer))
                 run.log_data(report)
             version = run.register()
             if version is not None:

@@ -1,13 +1,13 @@
 """DeepSpeed checkpoints through Ray Train: every rank writes its shards, Ray merges and stores them.
 
-The loop's own position (step, epoch, batches consumed in the epoch) rides in DeepSpeed's
-``client_state``, so model, optimizer, scheduler and data position come back together.
+The loop's own position (the step, and where every rank's training stream goes on) rides in
+DeepSpeed's ``client_state``, so model, optimizer, scheduler and data position come back together.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import ray.train
 from deepspeed import DeepSpeedEngine
@@ -18,8 +18,16 @@ TAG = "deepspeed"
 @dataclass
 class TrainState:
     step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
+    positions: list[dict[str, int]] = field(default_factory=list)
+    """Per rank, the position its stream continues from (``seedstory.data.streams.TrainStream``)."""
+
+    def position(self, rank: int, world: int) -> dict[str, int]:
+        if not self.positions:
+            return {}
+        if len(self.positions) != world:
+            raise RuntimeError(f"the checkpoint was written by {len(self.positions)} workers: resuming with {world} "
+                               f"would not continue their streams; set num_workers back to {len(self.positions)}")
+        return self.positions[rank]
 
 
 def save(engine: DeepSpeedEngine, state: TrainState, metrics: dict[str, float]) -> None:

@@ -1,13 +1,13 @@
 """A stage as a Ray Train TorchTrainer: workers, datasets, run storage in object storage, failures, retention.
 
-The "train" dataset is split across the workers (a streaming split); the "val" dataset is not:
-every worker reads all of it and evaluates its own share (``seedstory.training.loop.validate``),
-which keeps the val samples and their order the same at every evaluation.
+Training data travels in the loop's spec as a stream each worker reads its own share of
+(``seedstory.data.streams``), so that a resumed run continues exactly where it stopped. The "val"
+dataset goes through Ray Train unsplit: every worker reads all of it and evaluates its own share
+(``seedstory.training.loop.validate``), which keeps the val samples and their order the same at
+every evaluation.
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict
 
 import ray.data
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -22,7 +22,7 @@ def runs_uri(config: SeedStoryConfig) -> str:
     return config.storage.uri("runs")
 
 
-def build_trainer(config: SeedStoryConfig, spec: LoopSpec, run_name: str, dataset: ray.data.Dataset,
+def build_trainer(config: SeedStoryConfig, spec: LoopSpec, run_name: str,
                   val: ray.data.Dataset | None = None) -> TorchTrainer:
     """Re-submitting with the same ``run_name`` resumes from the run's latest checkpoint (Train V2).
 
@@ -38,7 +38,7 @@ def build_trainer(config: SeedStoryConfig, spec: LoopSpec, run_name: str, datase
     filesystem, path = arrow_filesystem_for(runs_uri(config))
     return TorchTrainer(
         train_loop_per_worker=train_worker,
-        train_loop_config=asdict(spec),
+        train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(num_workers=stage.num_workers, use_gpu=stage.use_gpu,
                                      resources_per_worker=resources, placement_strategy=stage.placement_strategy),
         run_config=RunConfig(
@@ -46,7 +46,7 @@ def build_trainer(config: SeedStoryConfig, spec: LoopSpec, run_name: str, datase
             failure_config=FailureConfig(max_failures=stage.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=stage.keep_checkpoints),
         ),
-        datasets={"train": dataset, **({"val": val} if val is not None else {})},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets={"val": val} if val is not None else None,
+        dataset_config=DataConfig(datasets_to_split=[]),
         torch_config=TorchConfig(backend="nccl" if stage.use_gpu else "gloo"),
     )

@@ -2,9 +2,8 @@
 
 Step = one optimizer step (``grad_accum_steps`` micro-batches on every worker). Rank 0 logs
 progress and sends metrics to the stage's MLflow run; every rank takes part in checkpoints.
-An epoch is one read of the training shard (a stage's shard holds all the passes ``max_steps``
-needs: see ``seedstory.data.pipeline``), in batches from a local shuffle buffer seeded by
-(seed, epoch, rank); a resumed run reads the same stream again and skips what it had consumed.
+Each worker reads its own training stream (``seedstory.data.streams``); a checkpoint records
+where every rank's stream goes on, and a resumed run starts each stream there.
 
 Validation (``val_every``) runs in eval mode without gradients on the "val" dataset, which is
 not split: every worker reads all of it and evaluates every ``world``-th sample, so every rank
@@ -34,7 +33,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 
 from seedstory.config import SeedStoryConfig
-from seedstory.data.pipeline import worker_batches
+from seedstory.data.streams import TrainStream
 from seedstory.training import checkpoints
 from seedstory.training.deepspeed_engine import compute_dtype, initialize
 from seedstory.training.progress import StepClock
@@ -45,12 +44,13 @@ log = logging.getLogger("seedstory.training")
 
 @dataclass
 class LoopSpec:
-    """Everything a worker needs, as plain data (it travels to every worker)."""
+    """Everything a worker needs (it travels to every worker): plain data, and the training stream."""
 
     stage: str
     recipe: str
     config: dict[str, Any]
     export_uri: str
+    stream: TrainStream
     sources: dict[str, str] = field(default_factory=dict)
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
@@ -122,8 +122,8 @@ class RankZeroMetrics:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def train_worker(spec_dict: dict[str, Any]) -> None:
-    spec = LoopSpec(**spec_dict)
+def train_worker(loop_config: dict[str, LoopSpec]) -> None:
+    spec = loop_config["spec"]
     config = SeedStoryConfig.model_validate(spec.config)
     stage = getattr(config.train, spec.stage)
     context = ray.train.get_context()
@@ -139,10 +139,8 @@ def train_worker(spec_dict: dict[str, Any]) -> None:
     if (latest := ray.train.get_checkpoint()) is not None:
         state = checkpoints.restore(engine, latest)
         if rank == 0:
-            print(f"resumed from {latest.path} at step {state.step} (epoch {state.epoch}, "
-                  f"batch {state.batches_in_epoch})", flush=True)
+            print(f"resumed from {latest.path} at step {state.step}", flush=True)
 
-    shard = ray.train.get_dataset_shard("train")
     val = ray.train.get_dataset_shard("val") if stage.val_every else None
     collate = recipe.collate()
     metrics_sink = RankZeroMetrics(spec) if rank == 0 else None
@@ -150,56 +148,44 @@ def train_worker(spec_dict: dict[str, Any]) -> None:
     accumulated: dict[str, list[torch.Tensor]] = {}
 
     last_step = min(stage.max_steps, stage.stop_at_step or stage.max_steps)
+    batches = spec.stream.batches(rank, world, stage.micro_batch_size, collate, state.position(rank, world))
     while state.step < last_step:
-        batches = worker_batches(shard, config.data, stage.micro_batch_size, collate, state.epoch, rank)
-        delivered = 0
-        for index, batch in enumerate(batches):
-            delivered += 1
-            if index < state.batches_in_epoch:
-                continue
-            clock.batch_arrived()
-            terms = engine(_to_device(batch, device, dtype))
-            boundary = engine.is_gradient_accumulation_boundary()
-            engine.backward(terms["loss"])
-            engine.step()
-            state.batches_in_epoch = index + 1
-            for name, value in terms.items():
-                accumulated.setdefault(name, []).append(value.detach())
-            clock.batch_done(samples=next(iter(batch.values())).shape[0] * world)
-            if not boundary:
-                continue
-            state.step += 1
-            losses = _mean_across_ranks({k: torch.stack(v).mean() for k, v in accumulated.items()})
-            accumulated.clear()
-            metrics = {**losses, "lr": engine.get_lr()[0], **clock.interval()}
-            grad_norm = engine.get_global_grad_norm()
-            if grad_norm is not None:
-                metrics["grad_norm"] = float(grad_norm)
+        batch, position = next(batches)
+        clock.batch_arrived()
+        terms = engine(_to_device(batch, device, dtype))
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.backward(terms["loss"])
+        engine.step()
+        for name, value in terms.items():
+            accumulated.setdefault(name, []).append(value.detach())
+        clock.batch_done(samples=next(iter(batch.values())).shape[0] * world)
+        if not boundary:
+            continue
+        state.step += 1
+        losses = _mean_across_ranks({k: torch.stack(v).mean() for k, v in accumulated.items()})
+        accumulated.clear()
+        metrics = {**losses, "lr": engine.get_lr()[0], **clock.interval()}
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        if metrics_sink is not None:
+            metrics_sink.log(metrics, state.step)
+            if state.step % spec.log_every == 0 or state.step == stage.max_steps:
+                print(clock.line(state.step, losses["loss"], metrics), flush=True)
+        if val is not None and (state.step % stage.val_every == 0 or state.step == stage.max_steps):
+            scores = validate(engine, val, collate, stage.micro_batch_size, stage.val_batches, config.data.seed,
+                              device, dtype)
             if metrics_sink is not None:
-                metrics_sink.log(metrics, state.step)
-                if state.step % spec.log_every == 0 or state.step == stage.max_steps:
-                    print(clock.line(state.step, losses["loss"], metrics), flush=True)
-            if val is not None and (state.step % stage.val_every == 0 or state.step == stage.max_steps):
-                scores = validate(engine, val, collate, stage.micro_batch_size, stage.val_batches, config.data.seed,
-                                  device, dtype)
-                if metrics_sink is not None:
-                    metrics_sink.log(scores, state.step)
-                    print(f"step {state.step}/{stage.max_steps} | val " + " | ".join(
-                        f"{name.removeprefix('val/')} {value:.4f}" for name, value in scores.items()), flush=True)
-                # a fresh interval: evaluation time is neither waiting for data nor training
-                clock = StepClock(total_steps=stage.max_steps, start_step=clock.start_step, started=clock.started)
-            if state.step % stage.checkpoint_every == 0 or state.step == last_step:
-                checkpoints.save(engine, state, metrics)
-            if state.step >= last_step:
-                break
-        else:
-            if delivered == 0:
-                raise RuntimeError(
-                    f"the training data yielded no batch of {stage.micro_batch_size} on rank {rank}: "
-                    "the dataset is empty or smaller than one micro-batch per worker"
-                )
-            state.epoch += 1
-            state.batches_in_epoch = 0
+                metrics_sink.log(scores, state.step)
+                print(f"step {state.step}/{stage.max_steps} | val " + " | ".join(
+                    f"{name.removeprefix('val/')} {value:.4f}" for name, value in scores.items()), flush=True)
+            # a fresh interval: evaluation time is neither waiting for data nor training
+            clock = StepClock(total_steps=stage.max_steps, start_step=clock.start_step, started=clock.started)
+        if state.step % stage.checkpoint_every == 0 or state.step == last_step:
+            state.positions = [None] * world
+            dist.all_gather_object(state.positions, position)
+            checkpoints.save(engine, state, metrics)
+    batches.close()  # ends this worker's Ray Data execution before the export
 
     if state.step >= stage.max_steps:
         _export(engine, recipe, spec, stage.zero_stage, rank)

@@ -26,6 +26,7 @@ from seedstory import storage
 from seedstory.config import SeedStoryConfig
 from seedstory.config.train import StageConfig
 from seedstory.data.pipeline import DataReport, validation_set
+from seedstory.data.streams import TrainStream
 from seedstory.training.base_weights import with_base_weights
 from seedstory.training.launcher import build_trainer, runs_uri
 from seedstory.training.loop import LoopSpec
@@ -99,12 +100,12 @@ class StageRun:
         self.log_data(report, "val_data")
         return val
 
-    def fit(self, dataset: ray.data.Dataset, val: ray.data.Dataset | None = None) -> Result:
+    def fit(self, stream: TrainStream, val: ray.data.Dataset | None = None) -> Result:
         spec = LoopSpec(stage=self.stage, recipe=RECIPES[self.stage], config=self.config.model_dump(mode="json"),
-                        export_uri=self.export_uri, sources=self.source_uris,
+                        export_uri=self.export_uri, stream=stream, sources=self.source_uris,
                         mlflow_tracking_uri=self.client.tracking_uri, mlflow_run_id=self.run_id,
                         log_every=max(1, self.settings.max_steps // PROGRESS_LINES))
-        self.result = build_trainer(self.config, spec, self.name, dataset, val).fit()
+        self.result = build_trainer(self.config, spec, self.name, val).fit()
         if self.result.checkpoint is None:
             raise RuntimeError(f"{self.name}: training ended without a checkpoint")
         checkpoint = self.result.checkpoint.path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -78,3 +79,43 @@ class RegressionRecipe(StageRecipe):
         target = storage.join(uri, "regressor.safetensors")
         storage.write_bytes(target, save(state))
         return {"regressor": target}
+
+
+class FrameRegressor(nn.Module):
+    """Predicts a stage-1 sample's mean SD pixel from its ViT pixels' channel means; with ``sample_log``,
+    each rank appends the stream position and frame of every sample it trains on to ``<sample_log>.<rank>``."""
+
+    def __init__(self, sample_log: str | None) -> None:
+        super().__init__()
+        self.body = nn.Linear(3, 1)
+        self.sample_log = sample_log
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.sample_log and self.training:
+            rank = ray.train.get_context().get_world_rank()
+            with open(f"{self.sample_log}.{rank}", "a") as log:
+                log.writelines(json.dumps(row) + "\n" for row in batch["sample"].tolist())
+        prediction = self.body(batch["vit_pixels"].mean(dim=(2, 3))).squeeze(-1)
+        mse = torch.mean((prediction.float() - batch["sd_pixels"].float().mean(dim=(1, 2, 3))) ** 2)
+        return {"loss": mse, "mse": mse}
+
+
+class FrameSampleCollate(NumpyBatchCollateFn):
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        sample = np.stack([np.asarray(batch[name], dtype=np.int64) for name in ("pass", "group", "index", "frame")], 1)
+        return {"vit_pixels": torch.as_tensor(batch["vit_pixels"]), "sd_pixels": torch.as_tensor(batch["sd_pixels"]),
+                "sample": torch.as_tensor(sample)}
+
+
+class FrameRecipe(StageRecipe):
+    def build(self) -> nn.Module:
+        torch.manual_seed(1234)
+        return FrameRegressor(self.sources.get("sample_log"))
+
+    def collate(self) -> NumpyBatchCollateFn:
+        return FrameSampleCollate()
+
+    def export(self, model: nn.Module, uri: str) -> dict[str, str]:
+        target = storage.join(uri, "frame_regressor.safetensors")
+        storage.write_bytes(target, save({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}))
+        return {"frame_regressor": target}
