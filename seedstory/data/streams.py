@@ -74,7 +74,8 @@ class StoryStream(TrainStream):
 
     def stories(self, rank: int, world: int, pass_index: int) -> list[int]:
         """The stories rank ``rank`` reads in pass ``pass_index``, in reading order."""
-        return np.random.default_rng([self.config.data.seed, pass_index]).permutation(len(self.lines))[rank::world]
+        order = np.random.default_rng([self.config.data.seed, pass_index]).permutation(len(self.lines))
+        return order[rank::world].tolist()
 
     def dataset(self, rank: int, world: int, start: Position) -> ray.data.Dataset:
         """Rank ``rank``'s samples from ``start`` to the end of the execution's last pass."""
@@ -92,6 +93,7 @@ class StoryStream(TrainStream):
                 start: Position) -> Iterator[tuple[Batch, Position]]:
         position = dict(start)
         while True:
+            first = (position.get("pass", 0) % self.passes, position.get("group", 0), position.get("index", 0))
             delivered = 0
             for batch in self.dataset(rank, world, position).iter_torch_batches(
                     batch_size=batch_size, collate_fn=PositionCollate(collate), drop_last=True):
@@ -99,10 +101,10 @@ class StoryStream(TrainStream):
                 position = {"pass": pass_index, "group": group, "index": index + 1}
                 delivered += 1
                 yield batch, position
-            if delivered == 0:
+            if delivered == 0 and first == (0, 0, 0):  # a resumed execution may have no full batch left
                 raise RuntimeError(f"rank {rank}'s share of the training data yields no batch of {batch_size} in "
                                    f"{self.passes} passes: the split is empty or too small for {world} workers")
-            position = {"pass": (position.get("pass", 0) // self.passes + 1) * self.passes}
+            position = {"pass": (position.get("pass", 0) // self.passes + 1) * self.passes}  # the next execution
 
 
 @dataclass

@@ -175,6 +175,15 @@ def test_a_stream_started_mid_group_reads_exactly_the_rest_and_fetches_nothing_b
     assert report.metrics()["data/stories"] == sum(len(s) for s in stories[group:]) < len(stream.stories(1, 2, 0))
 
 
+def test_a_stream_resumed_after_its_last_full_batch_goes_on_with_the_next_pass(toy, ray_cluster):
+    config = toy[0]
+    stream, _ = stage_stream("detokenizer_pretrain", config)
+    stream = replace(stream, passes=1)
+    last = len(groups_of(stream.stories(0, 2, 0), 0, config.data.preprocess_batch_size)) - 1
+    batch, position = next(stream.batches(0, 2, 4, FrameIds(), {"pass": 0, "group": last, "index": 10_000}))
+    assert position["pass"] == 1 and {p for _, _, p in zip(*(batch[n].tolist() for n in FrameIds.ids))} == {1}
+
+
 def test_stage1_and_stage3_samples_have_model_shapes(toy, ray_cluster):
     config, summary, tokenizer = toy
     frames, _ = stage_dataset("detokenizer_pretrain", config, "train")
