@@ -47,8 +47,8 @@ class DataConfig(Section):
         "within each group of preprocess_batch_size stories instead, so that a resume is exact",
     )
     decode_concurrency: int | None = Field(
-        None, ge=1, description="actors that fetch, decode and cut samples; unset: Ray Data grows the pool from "
-        "one actor to as many as the CPUs the stage's training workers leave free hold",
+        None, ge=1, description="actors that fetch, decode and cut samples for each training worker; unset: Ray "
+        "Data grows each worker's pool from one actor to its share of the CPUs the training workers leave free",
     )
     actor_cpus: float = Field(0.25, gt=0)
     preprocess_batch_size: int = Field(

@@ -5,7 +5,7 @@ bad record keeps its file and line number. One ``map_batches`` on CPU actors doe
 part in one place: fetch a group of stories, decode and validate their pictures, and cut the
 stage's samples from the pictures just decoded (``StorySamples``; every picture is decoded once
 per pass). The pool is ``data.decode_concurrency`` actors, or, by default, grows from one actor
-to as many as the CPUs the stage's training workers leave free. One ``StoryLedger`` actor per
+to its share of the CPUs the stage's training workers leave free. One ``StoryLedger`` actor per
 dataset counts good and bad stories across all of them and stops the pipeline, with an error
 naming the first bad records, as soon as the failure budget is exceeded.
 
@@ -204,13 +204,14 @@ class StorySamples:
                 raise FailureBudgetExceeded(error)
 
 
-def decode_pool(data: DataConfig, reserved_cpus: float = 0.0) -> ray.data.ActorPoolStrategy:
-    """``data.decode_concurrency`` actors, or (unset) a pool Ray Data grows from one actor to as many as
-    the cluster's CPUs hold after ``reserved_cpus`` (the stage's training workers)."""
+def decode_pool(data: DataConfig, reserved_cpus: float = 0.0, pools: int = 1) -> ray.data.ActorPoolStrategy:
+    """``data.decode_concurrency`` actors, or (unset) a pool Ray Data grows from one actor to its share of
+    the cluster's CPUs left after ``reserved_cpus`` (the stage's training workers), shared by ``pools``
+    pools (one per training worker's stream)."""
     if data.decode_concurrency is not None:
         return ray.data.ActorPoolStrategy(size=data.decode_concurrency)
     free = ray.cluster_resources().get("CPU", 0.0) - reserved_cpus
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(free / data.actor_cpus)))
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(free / pools / data.actor_cpus)))
 
 
 def new_ledger(lines: list[StoryLine], data: DataConfig) -> ray.actor.ActorHandle:
@@ -235,14 +236,15 @@ def groups_of(stories: Sequence[int], pass_index: int, size: int) -> list[Group]
 
 
 def story_samples(lines: list[StoryLine], data: DataConfig, groups: list[Group], cut: SampleCut,
-                  ledger: ray.actor.ActorHandle, seed: int | None, reserved_cpus: float = 0.0) -> ray.data.Dataset:
+                  ledger: ray.actor.ActorHandle, seed: int | None, reserved_cpus: float = 0.0,
+                  pools: int = 1) -> ray.data.Dataset:
     """The samples ``cut`` makes of the valid stories of ``groups``, in order: one block, one map batch per group."""
     tables = [pa.table({"pass": [g.pass_index] * len(g.stories), "group": [g.group] * len(g.stories),
                         "story": g.stories, "skip": [g.skip] * len(g.stories)}) for g in groups]
     dataset = ray.data.from_arrow(tables).map_batches(
         StorySamples, fn_constructor_kwargs={"lines": ray.put(lines), "image_root": data.image_root, "ledger": ledger,
                                              "cut": cut, "seed": seed},
-        batch_size=None, compute=decode_pool(data, reserved_cpus), num_cpus=data.actor_cpus,
+        batch_size=None, compute=decode_pool(data, reserved_cpus, pools), num_cpus=data.actor_cpus,
     )
     dataset.context.execution_options.preserve_order = True
     return dataset

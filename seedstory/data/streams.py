@@ -87,7 +87,7 @@ class StoryStream(TrainStream):
         if groups and (groups[0].pass_index, groups[0].group) == (first, group):
             groups[0] = replace(groups[0], skip=index)
         return story_samples(self.lines, self.config.data, groups, self.cut, self.ledger, self.config.data.seed,
-                             self.reserved_cpus)
+                             self.reserved_cpus, pools=world)
 
     def batches(self, rank: int, world: int, batch_size: int, collate: NumpyBatchCollateFn,
                 start: Position) -> Iterator[tuple[Batch, Position]]:

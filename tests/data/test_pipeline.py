@@ -306,6 +306,8 @@ def test_the_decode_pool_grows_into_the_cpus_training_leaves_free(toy, ray_clust
     free = ray.cluster_resources()["CPU"] - 1.0
     pool = decode_pool(config.data, reserved_cpus=1.0)
     assert (pool.min_size, pool.max_size) == (1, int(free / config.data.actor_cpus)) and pool.max_size > 1
+    shared = decode_pool(config.data, reserved_cpus=1.0, pools=2)
+    assert (shared.min_size, shared.max_size) == (1, int(free / 2 / config.data.actor_cpus))
     config.data.decode_concurrency = 3
     pool = decode_pool(config.data, reserved_cpus=1.0)
     assert (pool.min_size, pool.max_size) == (3, 3)
