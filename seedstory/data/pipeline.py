@@ -310,7 +310,6 @@ def validation_set(stage: Stage, config: SeedStoryConfig,
     dataset, report = stage_dataset(stage, config, "val", tokenizer)
     if settings.val_batches is not None:
         dataset = dataset.limit(settings.val_batches * settings.micro_batch_size * settings.num_workers)
-    dataset.context.execution_options.preserve_order = True
     val = dataset.materialize()
     if (count := val.count()) < settings.num_workers:
         raise ValueError(f"the val split ({', '.join(config.data.val_jsonl)}) yields {count} {stage} samples, fewer "

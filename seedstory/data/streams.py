@@ -33,8 +33,8 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
-from seedstory.data.pipeline import (DataReport, SampleCut, Stage, groups_of, new_ledger, passes_for, samples_per_pass,
-                                     stage_cut, story_samples)
+from seedstory.data.pipeline import (POSITION_COLUMNS, DataReport, SampleCut, Stage, groups_of, new_ledger,
+                                     passes_for, samples_per_pass, stage_cut, story_samples)
 from seedstory.data.sources import StoryLine, expand_jsonl, read_story_lines
 
 Batch = dict[str, torch.Tensor]
@@ -57,7 +57,7 @@ class PositionCollate(NumpyBatchCollateFn):
         self.collate = collate
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Batch:
-        last = [int(np.asarray(batch[name])[-1]) for name in ("pass", "group", "index")]
+        last = [int(np.asarray(batch[name])[-1]) for name in POSITION_COLUMNS]
         return {**self.collate(batch), POSITION: torch.tensor(last)}
 
 
