@@ -5,7 +5,8 @@
 Recipe: base weights -> stage 1 -> stage 2 -> stage 3 (starting from this benchmark's own exports,
 so nothing is registered and no `candidate` alias moves) -> per stage, from the per-step metrics
 the loop sent to MLflow: median samples/s and mean data-wait fraction over the steps after
-`--skip` (start-up, first pipeline pass), plus the fit's wall time -> `<out>/bench_training.json`.
+`--skip` (start-up, first pipeline pass), the largest per-worker peak memory, plus the fit's wall
+time -> `<out>/bench_training.json`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ STAGES = ("detokenizer_pretrain", "story_instruct", "detokenizer_adapt")
 def measure(run: StageRun, skip: int, seconds: float) -> dict:
     client = MlflowClient(run.client.tracking_uri)
     history = {name: {m.step: m.value for m in client.get_metric_history(run.run_id, name)}
-               for name in ("samples_per_s", "data_wait_fraction", "loss")}
+               for name in ("samples_per_s", "data_wait_fraction", "loss", "peak_rss_bytes", "peak_gpu_bytes")}
     steps = [step for step in sorted(history["samples_per_s"]) if step > skip]
     if not steps:
         raise ValueError(f"{run.stage}: no step after --skip {skip}; raise max_steps")
@@ -43,6 +44,8 @@ def measure(run: StageRun, skip: int, seconds: float) -> dict:
         "samples_per_s_median": statistics.median(history["samples_per_s"][s] for s in steps),
         "data_wait_fraction_mean": statistics.fmean(history["data_wait_fraction"][s] for s in steps),
         "fit_seconds": round(seconds, 1),
+        "peak_rss_bytes": int(max(history["peak_rss_bytes"].values())),
+        **({"peak_gpu_bytes": int(max(history["peak_gpu_bytes"].values()))} if history["peak_gpu_bytes"] else {}),
         "loss_first": history["loss"][min(history["loss"])], "loss_last": history["loss"][max(history["loss"])],
         "global_batch": settings.micro_batch_size * settings.grad_accum_steps * settings.num_workers,
         "workers": settings.num_workers, "zero_stage": settings.zero_stage, "bf16": settings.bf16,

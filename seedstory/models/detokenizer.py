@@ -85,8 +85,11 @@ def noise_scheduler(config: ModelConfig) -> DDPMScheduler:
 
 
 class Detokenizer(nn.Module):
+    """Without a VAE it is the part stages 1 and 3 train: its frozen VAE encodes frames outside the DeepSpeed
+    engine (``encode_frames``), so ZeRO never partitions, gathers or exports it."""
+
     def __init__(self, config: ModelConfig, adapter: ConditionAdapter, unet: UNet2DConditionModel,
-                 vae: AutoencoderKL) -> None:
+                 vae: AutoencoderKL | None) -> None:
         super().__init__()
         self.config = config
         self.adapter = adapter
@@ -117,13 +120,13 @@ class Detokenizer(nn.Module):
     def loss(self, pixel_values: torch.Tensor, features: torch.Tensor, time_ids: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Noise-prediction MSE at uniformly drawn timesteps (the VAE stays frozen)."""
-        size = self.config.sd_image_size
-        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
-            raise ValueError(f"pixel_values must be [K, 3, {size}, {size}] in [-1, 1], got {list(pixel_values.shape)}")
-        batch, device = pixel_values.shape[0], pixel_values.device
-        with torch.no_grad():
-            posterior = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist
-            latents = posterior.sample(generator) * self.vae.config.scaling_factor
+        return self.denoising_loss(encode_frames(self._vae(), self.config, pixel_values, generator), features,
+                                   time_ids, generator)
+
+    def denoising_loss(self, latents: torch.Tensor, features: torch.Tensor, time_ids: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """``loss`` from the frames' scaled VAE latents (``encode_frames``): what adapter and UNet train on."""
+        batch, device = latents.shape[0], latents.device
         noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch,), generator=generator,
                                   device=device)
@@ -140,6 +143,12 @@ class Detokenizer(nn.Module):
         else:
             target = self.scheduler.get_velocity(latents, noise, timesteps)
         return diffusion_mse_loss(prediction, target)
+
+    def _vae(self) -> AutoencoderKL:
+        if self.vae is None:
+            raise ValueError("this de-tokenizer was built without its VAE (for training): load it with "
+                             "seedstory.models.export.load_detokenizer to encode or paint frames")
+        return self.vae
 
     @torch.no_grad()
     def decode(self, features: torch.Tensor, steps: int | None = None,
@@ -170,8 +179,20 @@ class Detokenizer(nn.Module):
                 empty, conditioned = prediction.chunk(2)
                 prediction = empty + guidance * (conditioned - empty)
             latents = sampler.step(prediction, t, latents, generator=generator).prev_sample
-        images = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        vae = self._vae()
+        images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
         return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+@torch.no_grad()
+def encode_frames(vae: AutoencoderKL, config: ModelConfig, pixel_values: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """[K, 3, S, S] pixels in [-1, 1] -> latents sampled from the frozen VAE's posterior, scaled for the noise schedule."""
+    size = config.sd_image_size
+    if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
+        raise ValueError(f"pixel_values must be [K, 3, {size}, {size}] in [-1, 1], got {list(pixel_values.shape)}")
+    posterior = vae.encode(pixel_values.to(vae.dtype)).latent_dist
+    return posterior.sample(generator) * vae.config.scaling_factor
 
 
 def build_unet(config: ModelConfig, device: str | torch.device = "cpu") -> UNet2DConditionModel:

@@ -46,6 +46,8 @@ from seedstory.models.weights import (
 from seedstory.storage import filesystem_for, is_remote
 
 MANIFEST = "seedstory.json"
+DETOKENIZER_UNET = "unet"
+DETOKENIZER_ADAPTER = "condition_adapter.safetensors"
 
 
 @contextmanager
@@ -191,16 +193,17 @@ def export_detokenizer(detokenizer: Detokenizer, uri: str) -> None:
         raise WeightsError("a de-tokenizer export needs its VAE on storage: save it with export_vae and set "
                            "model.vae.weights")
     with _writable(uri) as folder:
-        detokenizer.unet.save_pretrained(folder / "unet")
-        _save_module(detokenizer.adapter, folder / "condition_adapter.safetensors")
+        detokenizer.unet.save_pretrained(folder / DETOKENIZER_UNET)
+        _save_module(detokenizer.adapter, folder / DETOKENIZER_ADAPTER)
         _write_manifest(folder, "detokenizer", config)
 
 
 def load_detokenizer(uri: str) -> Detokenizer:
     folder = local_copy(uri)
     config = ModelConfig.model_validate(_read_manifest(folder, "detokenizer")["model"])
-    unet = load_diffusers_weights(UNet2DConditionModel, str(folder / "unet"), unet_config(config), config.dtype)
+    unet = load_diffusers_weights(UNet2DConditionModel, str(folder / DETOKENIZER_UNET), unet_config(config),
+                                  config.dtype)
     with torch.device("meta"):
         adapter = ConditionAdapter(config)
-    _load_module(adapter, folder / "condition_adapter.safetensors")
+    _load_module(adapter, folder / DETOKENIZER_ADAPTER)
     return Detokenizer(config, adapter, unet, build_vae(config))

@@ -43,7 +43,8 @@ class StageParameters:
         }
 
 
-def _split(components: list[nn.Module], trainable: dict[str, nn.Parameter]) -> StageParameters:
+def _split(components: list[nn.Module]) -> StageParameters:
+    trainable = freezing.trainable_parameters({str(index): module for index, module in enumerate(components)})
     ids = {id(p) for p in trainable.values()}
     everything = {id(p): p for module in components for p in module.parameters()}
     largest = max(sum(p.numel() for p in sub.parameters(recurse=False) if id(p) in ids)
@@ -54,12 +55,16 @@ def _split(components: list[nn.Module], trainable: dict[str, nn.Parameter]) -> S
 
 
 def stage_parameters(config: ModelConfig) -> dict[str, StageParameters]:
-    """What each of the three stages trains and holds frozen, built on the meta device."""
+    """What each of the three stages trains and holds frozen (as their recipes freeze them), on the meta device."""
     vit = build_vit(config, device="meta")
     detokenizer = build_detokenizer(config, device="meta")
-    stage1 = _split([vit, detokenizer], freezing.detokenizer_pretrain(vit, detokenizer))
+    freezing.freeze(vit, detokenizer.vae)
+    freezing.train(detokenizer.adapter, detokenizer.unet)
+    stage1 = _split([vit, detokenizer])
     with_lora = attach_lora(build_mllm(config, device="meta"), config.lora)
-    stage2 = _split([vit, with_lora], freezing.story_instruct(vit, with_lora))
+    freezing.train_adapter(with_lora)
+    stage2 = _split([vit, with_lora])
     mllm = build_mllm(config, device="meta")  # stage 3 reads stage 2's export, its adapter merged
-    stage3 = _split([vit, mllm, detokenizer], freezing.detokenizer_adapt(vit, mllm, detokenizer))
+    freezing.freeze(mllm)
+    stage3 = _split([vit, mllm, detokenizer])
     return {"detokenizer_pretrain": stage1, "story_instruct": stage2, "detokenizer_adapt": stage3}

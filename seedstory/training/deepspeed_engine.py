@@ -7,6 +7,7 @@ this scale, and the torch optimizer's state is checkpointed by DeepSpeed all the
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import deepspeed
@@ -44,6 +45,16 @@ def initialize(model: nn.Module, stage: StageConfig, world_size: int) -> deepspe
         dist_init_required=False,
     )
     return engine
+
+
+def partitioned_build(stage: StageConfig, world_size: int) -> AbstractContextManager:
+    """Under ZeRO-3, a context in which each submodule's parameters are partitioned across the workers as it is
+    made (in the compute dtype), so no worker ever holds the whole trained network; otherwise none."""
+    if stage.zero_stage != 3:
+        return nullcontext()
+    # DeepSpeed's own view of the process group Ray Train made, for the world size its config checks.
+    deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), dist_init_required=False)
+    return deepspeed.zero.Init(config_dict_or_path=deepspeed_config(stage, world_size))
 
 
 def compute_dtype(stage: StageConfig) -> torch.dtype:

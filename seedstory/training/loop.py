@@ -5,6 +5,10 @@ progress and sends metrics to the stage's MLflow run; every rank takes part in c
 Each worker reads its own training stream (``seedstory.data.streams``); a checkpoint records
 where every rank's stream goes on, and a resumed run starts each stream there.
 
+Only what the stage trains is inside the DeepSpeed engine (built under ``deepspeed.zero.Init`` for
+ZeRO-3, so no worker holds it whole); the frozen networks that feed it run outside, in the compute
+dtype and without gradients (``StageRecipe.frozen``).
+
 Validation (``val_every``) runs in eval mode without gradients on the "val" dataset, which is
 not split: every worker reads all of it and evaluates every ``world``-th sample, so every rank
 runs the same number of forwards (ZeRO-3 gathers parameters collectively). Each evaluation
@@ -15,6 +19,7 @@ training random state afterwards, so val losses are comparable across evaluation
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,9 +40,9 @@ from torch import nn
 from seedstory.config import SeedStoryConfig
 from seedstory.data.streams import TrainStream
 from seedstory.training import checkpoints
-from seedstory.training.deepspeed_engine import compute_dtype, initialize
+from seedstory.training.deepspeed_engine import compute_dtype, initialize, partitioned_build
 from seedstory.training.progress import StepClock
-from seedstory.training.recipe import recipe_class
+from seedstory.training.recipe import feed, recipe_class
 
 log = logging.getLogger("seedstory.training")
 
@@ -64,6 +69,16 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torc
     }
 
 
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    """The largest per-worker peak so far: resident memory, and the accelerator's allocations where there is one."""
+    peaks = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0]  # Linux reports KiB
+    if device.type == "cuda":
+        peaks.append(float(torch.cuda.max_memory_allocated(device)))
+    values = torch.tensor(peaks, dtype=torch.float64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return dict(zip(("peak_rss_bytes", "peak_gpu_bytes"), values.tolist()))
+
+
 def _mean_across_ranks(terms: dict[str, torch.Tensor]) -> dict[str, float]:
     names = sorted(terms)
     values = torch.stack([terms[name].detach().float().reshape(()) for name in names])
@@ -84,8 +99,9 @@ def _evaluating(module: nn.Module) -> Iterator[None]:
             m.train(training)
 
 
-def validate(engine: nn.Module, val: DataIterator, collate: NumpyBatchCollateFn, batch_size: int,
-             max_batches: int | None, seed: int, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+def validate(engine: nn.Module, frozen: nn.Module | None, val: DataIterator, collate: NumpyBatchCollateFn,
+             batch_size: int, max_batches: int | None, seed: int, device: torch.device,
+             dtype: torch.dtype) -> dict[str, float]:
     """``val/<term>``: each loss term's mean over the val samples (at most ``max_batches`` per worker)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     totals: dict[str, torch.Tensor] = {}
@@ -98,7 +114,8 @@ def validate(engine: nn.Module, val: DataIterator, collate: NumpyBatchCollateFn,
             usable = len(next(iter(batch.values()))) // world * world
             if usable == 0:
                 continue
-            terms = engine(_to_device(collate({k: v[rank:usable:world] for k, v in batch.items()}), device, dtype))
+            share = collate({k: v[rank:usable:world] for k, v in batch.items()})
+            terms = engine(feed(frozen, _to_device(share, device, dtype)))
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0) + value.detach().float().reshape(()) * (usable // world)
             samples += usable // world
@@ -132,8 +149,13 @@ def train_worker(loop_config: dict[str, LoopSpec]) -> None:
     torch.manual_seed(config.data.seed + rank)
 
     recipe = recipe_class(spec.recipe)(config, spec.sources)
-    engine = initialize(recipe.build(), stage, world)
     dtype = compute_dtype(stage)
+    frozen = recipe.frozen()
+    if frozen is not None:
+        frozen.to(device=device, dtype=dtype)
+    with partitioned_build(stage, world):
+        trained = recipe.build()
+    engine = initialize(trained, stage, world)
 
     state = checkpoints.TrainState()
     if (latest := ray.train.get_checkpoint()) is not None:
@@ -152,7 +174,7 @@ def train_worker(loop_config: dict[str, LoopSpec]) -> None:
     while state.step < last_step:
         batch, position = next(batches)
         clock.batch_arrived()
-        terms = engine(_to_device(batch, device, dtype))
+        terms = engine(feed(frozen, _to_device(batch, device, dtype)))
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(terms["loss"])
         engine.step()
@@ -164,7 +186,7 @@ def train_worker(loop_config: dict[str, LoopSpec]) -> None:
         state.step += 1
         losses = _mean_across_ranks({k: torch.stack(v).mean() for k, v in accumulated.items()})
         accumulated.clear()
-        metrics = {**losses, "lr": engine.get_lr()[0], **clock.interval()}
+        metrics = {**losses, "lr": engine.get_lr()[0], **clock.interval(), **_peak_memory(device)}
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
@@ -173,7 +195,7 @@ def train_worker(loop_config: dict[str, LoopSpec]) -> None:
             if state.step % spec.log_every == 0 or state.step == stage.max_steps:
                 print(clock.line(state.step, losses["loss"], metrics), flush=True)
         if val is not None and (state.step % stage.val_every == 0 or state.step == stage.max_steps):
-            scores = validate(engine, val, collate, stage.micro_batch_size, stage.val_batches, config.data.seed,
+            scores = validate(engine, frozen, val, collate, stage.micro_batch_size, stage.val_batches, config.data.seed,
                               device, dtype)
             if metrics_sink is not None:
                 metrics_sink.log(scores, state.step)

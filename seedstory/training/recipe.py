@@ -1,14 +1,19 @@
-"""What a training stage plugs into the shared loop: its model, its batches, its export."""
+"""What a training stage plugs into the shared loop: what it trains, the frozen networks that feed it, its
+batches, its export."""
 
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
-from ray.data.collate_fn import NumpyBatchCollateFn
+import torch
 from torch import nn
 
 from seedstory.config import SeedStoryConfig
+
+if TYPE_CHECKING:  # a type only: the recipes' models build where Ray is not installed (jobs/bench_zero_init.py)
+    from ray.data.collate_fn import NumpyBatchCollateFn
 
 
 class StageRecipe(ABC):
@@ -20,11 +25,23 @@ class StageRecipe(ABC):
 
     @abstractmethod
     def build(self) -> nn.Module:
-        """The stage model, with exactly the stage's trainable parameters requiring grad.
+        """What the stage trains, the module the DeepSpeed engine wraps, with exactly its trainable parameters
+        requiring grad.
 
-        Its ``forward(batch)`` returns named loss terms: ``"loss"`` is the weighted total that is
-        optimised, every other entry is logged as it is.
+        Its ``forward(inputs)`` returns named loss terms: ``"loss"`` is the weighted total that is
+        optimised, every other entry is logged as it is. Under ZeRO-3 the loop calls it inside
+        ``deepspeed.zero.Init``: parameters are partitioned as each submodule is made, so weights go in
+        through ``seedstory.models.partitioned``.
         """
+
+    def frozen(self) -> nn.Module | None:
+        """The frozen networks that turn a batch into ``build``'s inputs (``forward(batch) -> inputs``), or None
+        when the batch goes in as it is.
+
+        They run outside the engine, in the compute dtype and without gradients: DeepSpeed neither
+        partitions, gathers, nor keeps optimizer state for them.
+        """
+        return None
 
     @abstractmethod
     def collate(self) -> NumpyBatchCollateFn:
@@ -33,6 +50,14 @@ class StageRecipe(ABC):
     @abstractmethod
     def export(self, model: nn.Module, uri: str) -> dict[str, str]:
         """Write the trained parts in their ecosystems' formats under ``uri``; name -> URI."""
+
+
+def feed(frozen: nn.Module | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trained network's inputs: ``batch`` through the stage's frozen networks, without a graph."""
+    if frozen is None:
+        return batch
+    with torch.no_grad():
+        return frozen(batch)
 
 
 def recipe_class(path: str) -> type[StageRecipe]:

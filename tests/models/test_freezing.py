@@ -1,4 +1,4 @@
-"""What each stage trains (and what it freezes), and one backward pass through each."""
+"""Frozen and trained networks as the stages set them, and one backward pass through each."""
 
 import pytest
 import torch
@@ -39,9 +39,12 @@ def vit_features(vit, config, batch=2):
         return vit(clip_normalize(torch.rand(batch, 3, config.vit.image_size, config.vit.image_size)))
 
 
-def test_stage1_trains_adapter_and_unet(models, tiny):
+def test_a_trained_adapter_and_unet_get_gradients_through_a_frozen_vit_and_vae(models, tiny):
     vit, _, detokenizer = models
-    trainable = freezing.detokenizer_pretrain(vit, detokenizer)
+    freezing.freeze(vit, detokenizer.vae)
+    freezing.train(detokenizer.adapter, detokenizer.unet)
+    trainable = freezing.trainable_parameters({"condition_adapter": detokenizer.adapter, "unet": detokenizer.unet,
+                                               "vae": detokenizer.vae})
     assert components_of(trainable) == {"condition_adapter", "unet"}
     assert len(trainable) == sum(1 for _ in detokenizer.adapter.parameters()) + sum(1 for _ in detokenizer.unet.parameters())
     detokenizer.loss(pixels(tiny), vit_features(vit, tiny)).backward()
@@ -51,7 +54,10 @@ def test_stage1_trains_adapter_and_unet(models, tiny):
 def test_stage2_trains_lora_new_tokens_norms_and_resamplers(models, story_batch, tiny):
     vit, mllm, _ = models
     attach_lora(mllm, tiny.lora)
-    trainable = freezing.story_instruct(vit, mllm)
+    freezing.freeze(vit)
+    freezing.train_adapter(mllm)
+    trainable = freezing.trainable_parameters({"llm": mllm.llm, "input_resampler": mllm.input_resampler,
+                                               "output_resampler": mllm.output_resampler})
     assert components_of(trainable) == {"llm", "input_resampler", "output_resampler"}
     llm_names = [name for name in trainable if name.startswith("llm.")]
     assert all(freezing.is_adapter_parameter(name) for name in llm_names)
@@ -70,13 +76,14 @@ def test_stage2_trains_lora_new_tokens_norms_and_resamplers(models, story_batch,
 def test_stage2_requires_lora(models):
     vit, mllm, _ = models
     with pytest.raises(ValueError, match="attach_lora"):
-        freezing.story_instruct(vit, mllm)
+        freezing.train_adapter(mllm)
 
 
 def test_stage3_trains_unet_and_adapter_on_regressed_features(models, story_batch, tiny):
     vit, mllm, detokenizer = models
-    trainable = freezing.detokenizer_adapt(vit, mllm, detokenizer)
-    assert components_of(trainable) == {"condition_adapter", "unet"}
+    freezing.freeze(vit, mllm, detokenizer.vae)
+    freezing.train(detokenizer.adapter, detokenizer.unet)
+    trainable = freezing.trainable_parameters({"condition_adapter": detokenizer.adapter, "unet": detokenizer.unet})
     with torch.no_grad():
         regressed = mllm(**story_batch).regressed
     detokenizer.loss(pixels(tiny, batch=regressed.shape[0]), regressed).backward()
@@ -87,17 +94,15 @@ def test_stage3_trains_unet_and_adapter_on_regressed_features(models, story_batc
 def test_what_trains_runs_in_train_mode_and_what_is_frozen_in_eval_mode(models, tiny):
     """Loaded weights arrive in eval mode: left there, LoRA's dropout would never run."""
     vit, mllm, detokenizer = (module.eval() for module in models)
-    freezing.detokenizer_pretrain(vit, detokenizer)
-    assert detokenizer.unet.training and detokenizer.adapter.training
-    assert not (vit.training or detokenizer.vae.training)
+    freezing.train(detokenizer.adapter, detokenizer.unet)
+    assert all(m.training for m in detokenizer.unet.modules())
 
     with_lora = attach_lora(mllm, tiny.lora).eval()
-    freezing.story_instruct(vit, with_lora)
+    freezing.train_adapter(with_lora)
     dropouts = [m for name, m in with_lora.llm.named_modules() if name.endswith("lora_dropout.default")]
     assert dropouts and all(m.training for m in dropouts)
-    assert with_lora.input_resampler.training and with_lora.output_resampler.training and not vit.training
+    assert with_lora.input_resampler.training and with_lora.output_resampler.training
 
-    frozen_mllm = build_mllm(tiny).eval()
-    freezing.detokenizer_adapt(vit.train(), frozen_mllm.train(), detokenizer.eval())
-    assert detokenizer.unet.training and detokenizer.adapter.training
-    assert not any(m.training for m in (vit, *frozen_mllm.modules(), detokenizer.vae))
+    frozen_mllm = build_mllm(tiny).train()
+    freezing.freeze(vit.train(), frozen_mllm, detokenizer.vae.train())
+    assert not any(m.training for m in (*vit.modules(), *frozen_mllm.modules(), *detokenizer.vae.modules()))

@@ -18,7 +18,7 @@ from seedstory.models.export import load_detokenizer, load_mllm
 from seedstory.training.base_weights import (
     MANIFEST, BaseWeightsError, read_manifest, with_base_weights, write_tiny_base,
 )
-from seedstory.training.recipe import recipe_class
+from seedstory.training.recipe import feed, recipe_class
 from seedstory.training.stages import RECIPES
 from seedstory.training.stages.base import target_images
 from seedstory.training.stages.detokenizer_adapt import DetokenizerAdapt
@@ -73,6 +73,10 @@ def train(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int) ->
     return losses
 
 
+def inputs(recipe, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return feed(recipe.frozen(), batch)
+
+
 def trainable(model: torch.nn.Module) -> set[str]:
     return {name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}
 
@@ -115,6 +119,10 @@ def test_inputs_are_checked_before_any_worker_starts(config):
         DetokenizerPretrain.check_inputs(config, {"mllm": "s3://b/mllm"})
     with pytest.raises(ValueError, match="model.vae.weights"):
         DetokenizerPretrain.check_inputs(load_config("tiny"), {})
+    partitioned = config.model_copy(deep=True)
+    partitioned.train.story_instruct.zero_stage = 3
+    with pytest.raises(ValueError, match="zero_stage=3 is not supported"):
+        StoryInstruct.check_inputs(partitioned, {})
 
 
 def test_target_images_marks_each_windows_last_image():
@@ -125,23 +133,21 @@ def test_stage1_trains_adapter_and_unet_and_exports_them(config, frames, tmp_pat
     rows = list(stage1_samples(frames[1][:4], config.model.vit.image_size, config.model.sd_image_size))
     recipe = DetokenizerPretrain(config, {})
     model = recipe.build()
-    batch = recipe.collate()({name: np.stack([row[name] for row in rows]) for name in rows[0]})
-    assert trainable(model) == {"detokenizer.adapter", "detokenizer.unet"}
+    batch = inputs(recipe, recipe.collate()({name: np.stack([row[name] for row in rows]) for name in rows[0]}))
+    assert set(batch) == {"latents", "features", "time_ids"}
+    assert trainable(model) == {"detokenizer.adapter", "detokenizer.unet"} and model.detokenizer.vae is None
     losses = train(model, batch, steps=3)
     assert losses[-1] < losses[0], losses
     assert recipe.export(model, str(tmp_path / "detok")) == {"detokenizer": str(tmp_path / "detok")}
-    loaded = load_detokenizer(str(tmp_path / "detok"))
-    features = model.vit(batch["vit_pixels"])
-    generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    model.eval()
-    assert torch.equal(model.detokenizer.decode(features, steps=2, generator=generator()),
-                       loaded.decode(features, steps=2, generator=generator()))
+    loaded = load_detokenizer(str(tmp_path / "detok")).state_dict()
+    for name, tensor in model.detokenizer.state_dict().items():
+        assert torch.equal(loaded[name], tensor), name
 
 
 def test_stage2_trains_the_adapter_and_resamplers_on_text_and_image_terms(config, frames, tmp_path):
     recipe = StoryInstruct(config, {})
     model = recipe.build()
-    batch = recipe.collate()(windows(config, frames, sd_size=None))
+    batch = inputs(recipe, recipe.collate()(windows(config, frames, sd_size=None)))
     assert trainable(model) == {"mllm.llm", "mllm.input_resampler", "mllm.output_resampler"}
     assert not any(p.requires_grad for name, p in model.mllm.llm.named_parameters() if "base_layer" in name)
     terms = model(batch)
@@ -153,9 +159,8 @@ def test_stage2_trains_the_adapter_and_resamplers_on_text_and_image_terms(config
     assert len(tokenizer) == loaded.layout.vocab_size
     model.eval()
     with torch.no_grad():
-        features = model.vit(batch["vit_pixels"])
-        args = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], image_features=features,
-                    is_target=target_images(batch["num_images"]))
+        args = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    image_features=batch["image_features"], is_target=target_images(batch["num_images"]))
         assert torch.equal(model.mllm(**args).regressed, loaded(**args).regressed)
 
 
@@ -172,9 +177,11 @@ def stage3_sources(config, tmp_path_factory) -> dict[str, str]:
 def test_stage3_adapts_the_stage1_detokenizer_to_the_stage2_mllm(config, frames, stage3_sources, tmp_path):
     recipe = DetokenizerAdapt(config, stage3_sources)
     model = recipe.build()
-    assert trainable(model) == {"detokenizer.adapter", "detokenizer.unet"}
-    batch = recipe.collate()(windows(config, frames, sd_size=config.model.sd_image_size))
-    assert batch["sd_pixels"].shape[0] == batch["num_images"].shape[0]
+    assert trainable(model) == {"detokenizer.adapter", "detokenizer.unet"} and model.detokenizer.vae is None
+    windows_batch = recipe.collate()(windows(config, frames, sd_size=config.model.sd_image_size))
+    assert windows_batch["sd_pixels"].shape[0] == windows_batch["num_images"].shape[0]
+    batch = inputs(recipe, windows_batch)
+    assert batch["latents"].shape[0] == batch["features"].shape[0] == windows_batch["num_images"].shape[0]
     losses = train(model, batch, steps=3)
     assert losses[-1] < losses[0], losses
     recipe.export(model, str(tmp_path / "adapted"))
@@ -210,7 +217,7 @@ def test_activation_checkpointing_recomputes_the_trained_network_and_changes_no_
         calls = []
         _checkpointed_block(model).register_forward_pre_hook(lambda *_: calls.append(1))  # a recompute may stop early
         torch.manual_seed(1)
-        terms = model(built.collate()(samples))
+        terms = model(inputs(built, built.collate()(samples)))
         terms["loss"].backward()
         grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
         results.append((float(terms["loss"].detach()), grads, len(calls)))

@@ -1,4 +1,4 @@
-"""What the three SEED-Story recipes share: declared inputs, the frozen ViT, the tokenizer contract."""
+"""What the three SEED-Story recipes share: declared inputs, the tokenizer contract, the de-tokenizer's loss."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
+from seedstory.config.model import LossConfig
+from seedstory.models.detokenizer import Detokenizer
+from seedstory.models.losses import weighted_total
 from seedstory.models.weights import load_tokenizer
 from seedstory.training.recipe import StageRecipe
 
@@ -47,10 +50,21 @@ def base_tokenizer(config: SeedStoryConfig) -> PreTrainedTokenizerBase:
     return load_tokenizer(config.model.llm.tokenizer, config.model.image_tokens)
 
 
-def frozen_features(vit: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """ViT features of CLIP-normalised pixels, without a graph (the ViT is frozen in every stage)."""
-    with torch.no_grad():
-        return vit(pixels)
+class Denoising(nn.Module):
+    """What stages 1 and 3 train: condition adapter + UNet on the noise MSE of the target frames' latents.
+
+    Inputs (from the stage's frozen networks): ``latents`` [B, C, s, s] (the VAE's, scaled),
+    ``features`` [B, Nv, Dv] (the ViT's in stage 1, the MLLM's regressed ones in stage 3), ``time_ids`` [B, 6].
+    """
+
+    def __init__(self, detokenizer: Detokenizer, loss_weights: LossConfig) -> None:
+        super().__init__()
+        self.detokenizer = detokenizer
+        self.loss_weights = loss_weights
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mse = self.detokenizer.denoising_loss(inputs["latents"], inputs["features"], time_ids=inputs["time_ids"])
+        return {"loss": weighted_total({"diffusion_mse": mse}, self.loss_weights), "diffusion_mse": mse}
 
 
 def target_images(num_images: torch.Tensor) -> torch.Tensor:

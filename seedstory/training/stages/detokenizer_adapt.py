@@ -1,9 +1,10 @@
 """Stage 3: the de-tokenizer adapts to the features the trained MLLM regresses.
 
 Starts from stage 2's MLLM and stage 1's de-tokenizer (``sources``: ``mllm``, ``detokenizer``).
-The MLLM reads each story window with the target frame as the image to generate; its regressed
-features condition the UNet, which (with its condition adapter) trains in full on the diffusion
-noise MSE of the target frame. MLLM, ViT and VAE stay frozen; the UNet is what ZeRO-3 shards.
+Trained (inside the DeepSpeed engine, ZeRO-3 partitions it): stage 1's condition adapter + UNet, in
+full, on the diffusion noise MSE of each window's target frame. Frozen (outside it, never gathered):
+the ViT, which reads the window's frames; the MLLM, which reads the window with the target frame as
+the image to generate and regresses its features (the condition); the VAE, which encodes the target.
 """
 
 from __future__ import annotations
@@ -11,39 +12,42 @@ from __future__ import annotations
 from functools import cached_property
 
 import torch
+from diffusers import AutoencoderKL
 from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from seedstory import storage
 from seedstory.config import SeedStoryConfig
+from seedstory.config.model import ModelConfig
 from seedstory.data.pipeline import WindowCollate
 from seedstory.models import freezing
-from seedstory.models.detokenizer import Detokenizer
-from seedstory.models.export import export_detokenizer, load_detokenizer, load_mllm
-from seedstory.models.losses import weighted_total
+from seedstory.models.detokenizer import build_vae, encode_frames
+from seedstory.models.export import export_detokenizer, export_model_config, load_mllm
 from seedstory.models.mllm import SeedStoryMLLM
+from seedstory.models.partitioned import load_trained_detokenizer
 from seedstory.models.vit import build_vit
 from seedstory.models.weights import load_tokenizer
 from seedstory.tokenizer import image_token_ids
-from seedstory.training.stages.base import SeedStoryStage, frozen_features, target_images
+from seedstory.training.stages.base import Denoising, SeedStoryStage, target_images
 
 
-class DetokenizerAdaptModel(nn.Module):
-    def __init__(self, vit: nn.Module, mllm: SeedStoryMLLM, detokenizer: Detokenizer) -> None:
+class WindowConditioning(nn.Module):
+    """A story window -> the MLLM's regressed features for its target frame, and that frame's VAE latents."""
+
+    def __init__(self, vit: nn.Module, mllm: SeedStoryMLLM, vae: AutoencoderKL, config: ModelConfig) -> None:
         super().__init__()
         self.vit = vit
         self.mllm = mllm
-        self.detokenizer = detokenizer
+        self.vae = vae
+        self.config = config
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        features = frozen_features(self.vit, batch["vit_pixels"])
-        with torch.no_grad():
-            regressed = self.mllm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  image_features=features, is_target=target_images(batch["num_images"])).regressed
-        mse = self.detokenizer.loss(batch["sd_pixels"], regressed, time_ids=batch["add_time_ids"])
-        weights = self.detokenizer.config.loss
-        return {"loss": weighted_total({"diffusion_mse": mse}, weights), "diffusion_mse": mse}
+        features = self.vit(batch["vit_pixels"])
+        regressed = self.mllm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              image_features=features, is_target=target_images(batch["num_images"])).regressed
+        return {"latents": encode_frames(self.vae, self.config, batch["sd_pixels"]), "features": regressed,
+                "time_ids": batch["add_time_ids"]}
 
 
 class DetokenizerAdapt(SeedStoryStage):
@@ -59,14 +63,20 @@ class DetokenizerAdapt(SeedStoryStage):
     def _tokenizer(self) -> PreTrainedTokenizerBase:
         return self.tokenizer(self.config, self.sources)
 
-    def build(self) -> nn.Module:
+    def frozen(self) -> nn.Module:
         vit = build_vit(self.config.model)
         mllm, _ = load_mllm(self.sources["mllm"])
-        detokenizer = load_detokenizer(self.sources["detokenizer"])
-        freezing.detokenizer_adapt(vit, mllm, detokenizer)
+        detokenizer_config = export_model_config(self.sources["detokenizer"], "detokenizer")
+        vae = build_vae(detokenizer_config)
+        freezing.freeze(vit, mllm, vae)
+        return WindowConditioning(vit, mllm, vae, detokenizer_config)
+
+    def build(self) -> nn.Module:
+        detokenizer = load_trained_detokenizer(self.sources["detokenizer"])
+        freezing.train(detokenizer)
         if self.config.train.detokenizer_adapt.activation_checkpointing:
             detokenizer.unet.enable_gradient_checkpointing()
-        return DetokenizerAdaptModel(vit, mllm, detokenizer)
+        return Denoising(detokenizer, self.config.model.loss)
 
     def collate(self) -> NumpyBatchCollateFn:
         return WindowCollate(image_token_ids(self._tokenizer, self.config.model.image_tokens).pad)
