@@ -12,7 +12,7 @@ from seedstory.training.registry import CANDIDATE
 
 
 def _opening(args: argparse.Namespace, config) -> tuple[str, Image.Image | None]:
-    from seedstory.data.pipeline import split_jsonl
+    from seedstory.data.story_sets import split_jsonl
     from seedstory.data.stories import story_opening
     from seedstory.generation.pipeline import StoryInputError, read_image
 

@@ -30,12 +30,17 @@ class ToyWorldConfig(Section):
 
 
 class DataConfig(Section):
-    """StoryStream as released: JSON Lines (one story per line, globs allowed) plus an image root."""
+    """StoryStream as released (JSON Lines, one story per line, globs allowed, plus an image root) or as
+    prepared by jobs/prepare_data.py (``prepared``)."""
 
     train_jsonl: list[str] = Field(default_factory=lambda: ["s3://seedstory/toyworld/train.jsonl"])
     val_jsonl: list[str] = Field(default_factory=lambda: ["s3://seedstory/toyworld/val.jsonl"])
     test_jsonl: list[str] = Field(default_factory=lambda: ["s3://seedstory/toyworld/test.jsonl"])
     image_root: str = "s3://seedstory/toyworld/images"
+    prepared: str | None = Field(
+        None, description="a dataset written by jobs/prepare_data.py (sharded Parquet, frames at the preset's "
+        "sizes): when set, the training stages read their splits from it instead of the JSONL files and image root",
+    )
     window_frames: int = Field(10, ge=2, le=30)
     min_context_frames: int = Field(1, ge=0)
     max_length: int = Field(1024, ge=16)

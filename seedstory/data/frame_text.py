@@ -19,11 +19,10 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
-from seedstory.data.pipeline import (DataReport, SampleCut, Split, groups_of, new_ledger, split_jsonl,
-                                     story_samples)
+from seedstory.data.pipeline import DataReport, SampleCut, groups_of, new_ledger, story_samples
 from seedstory.data.pixels import sd_target, vit_pixels
-from seedstory.data.sources import expand_jsonl, read_story_lines
 from seedstory.data.stories import Story
+from seedstory.data.story_sets import Split, split_stories
 from seedstory.models.dual_encoder import require_text_tower
 
 COLUMNS = ("key", "frame", "caption", "vit_pixels", "sd_pixels", "input_ids", "attention_mask")
@@ -61,13 +60,13 @@ def frame_text_dataset(config: SeedStoryConfig, split: Split,
     """Every frame of ``split`` once, materialised: ``train`` in a shuffled story order with the frames of
     the stories in each group interleaved (a story's frames are near-duplicates of each other, poor
     negatives for one another in a batch), ``val``/``test`` in file order."""
-    lines = list(read_story_lines(expand_jsonl(split_jsonl(config, split))))
+    stories = split_stories(config, split)
     shuffle = split == "train"
     data, model = config.data, config.model
-    order = np.random.default_rng([data.seed, 0]).permutation(len(lines)) if shuffle else range(len(lines))
+    order = np.random.default_rng([data.seed, 0]).permutation(len(stories)) if shuffle else range(len(stories))
     cut = FrameTextCut(tokenizer, require_text_tower(model).max_length, model.vit.image_size, model.sd_image_size)
-    ledger = new_ledger(lines, data)
-    samples = story_samples(lines, data, groups_of(order, 0, data.preprocess_batch_size), cut, ledger,
+    ledger = new_ledger(stories, data)
+    samples = story_samples(stories, data, groups_of(order, 0, data.preprocess_batch_size), cut, ledger,
                             data.seed if shuffle else None)
     return samples.materialize(), DataReport(ledger)
 

@@ -1,13 +1,14 @@
-"""Ray Data pipelines: JSONL lines -> validated stories -> stage samples.
+"""Ray Data pipelines: a split's stories -> validated stories -> stage samples.
 
-The JSONL lines are read on the driver (they are small; the images are not) so that every
-bad record keeps its file and line number. One ``map_batches`` on CPU actors does the costly
-part in one place: fetch a group of stories, decode and validate their pictures, and cut the
-stage's samples from the pictures just decoded (``StorySamples``; every picture is decoded once
-per pass). The pool is ``data.decode_concurrency`` actors, or, by default, grows from one actor
-to its share of the CPUs the stage's training workers leave free. One ``StoryLedger`` actor per
-dataset counts good and bad stories across all of them and stops the pipeline, with an error
-naming the first bad records, as soon as the failure budget is exceeded.
+The split's index (JSONL lines, or a prepared dataset's manifest; ``seedstory.data.story_sets``) is
+read on the driver (it is small; the pictures are not) so that every bad record keeps its file and
+line. One ``map_batches`` on CPU actors does the costly part in one place: fetch a group of stories,
+decode and validate their pictures, and cut the stage's samples from the pictures just decoded
+(``StorySamples``; every picture is decoded once per pass). The pool is ``data.decode_concurrency``
+actors, or, by default, grows from one actor to its share of the CPUs the stage's training workers
+leave free. One ``StoryLedger`` actor per dataset counts good and bad stories across all of them
+and stops the pipeline, with an error naming the first bad records, as soon as the failure budget
+is exceeded.
 
 Each group of stories is one block and one map batch, in order, so every sample has a fixed
 position (pass, group, index): the training streams built on this (``seedstory.data.streams``)
@@ -39,16 +40,14 @@ from seedstory.config import SeedStoryConfig
 from seedstory.config.data import DataConfig
 from seedstory.data.badrecords import BadRecord, BadRecordError, BadRecordLedger, FailureBudgetExceeded
 from seedstory.data.layout import IGNORE_INDEX
-from seedstory.data.records import parse_story
 from seedstory.data.samples import WindowSampler, stage1_samples
-from seedstory.data.sources import StoryLine, expand_jsonl, read_story_lines
-from seedstory.data.stories import Story, load_story
+from seedstory.data.stories import Story
+from seedstory.data.story_sets import Split, StorySet, split_stories
 from seedstory.data.windows import window_count
 
 log = logging.getLogger(__name__)
 
 Stage = Literal["detokenizer_pretrain", "story_instruct", "detokenizer_adapt"]
-Split = Literal["train", "val", "test"]
 FRAME_COLUMNS = ("vit_pixels", "sd_pixels", "add_time_ids", "key", "frame")
 WINDOW_COLUMNS = ("key", "start", "num_images", "input_ids", "labels", "image_mask", "vit_pixels")
 POSITION_COLUMNS = ("pass", "group", "index")
@@ -165,10 +164,10 @@ class StorySamples:
     spends the failure budget, not a batch later.
     """
 
-    def __init__(self, lines: ray.ObjectRef, image_root: str, ledger: ray.actor.ActorHandle, cut: SampleCut,
+    def __init__(self, stories: ray.ObjectRef, ledger: ray.actor.ActorHandle, cut: SampleCut,
                  seed: int | None) -> None:
-        self.lines: list[StoryLine] = ray.get(lines)
-        self.image_root, self.ledger, self.cut, self.seed = image_root, ledger, cut, seed
+        self.stories: StorySet = ray.get(stories)
+        self.ledger, self.cut, self.seed = ledger, cut, seed
         self.names = (*cut.names, *POSITION_COLUMNS)
         self.reported_dropped = 0
         self.unread: ray.ObjectRef | None = None
@@ -177,13 +176,13 @@ class StorySamples:
         pass_index, group, skip = int(batch["pass"][0]), int(batch["group"][0]), int(batch["skip"][0])
         rows, good, bad = [], [], []
         for story in batch["story"]:
-            line = self.lines[int(story)]
+            file, line = self.stories.where(int(story))
             try:
-                loaded = load_story(line, self.image_root)
+                loaded = self.stories.load(int(story))
             except BadRecordError as err:
-                bad.append(asdict(BadRecord(line.file, line.line, err.kind.value, err.detail)))
+                bad.append(asdict(BadRecord(file, line, err.kind.value, err.detail)))
                 continue
-            good.append((line.file, line.line, len(loaded.images)))
+            good.append((file, line, len(loaded.images)))
             rows.extend(self.cut(loaded, pass_index))
         self._report(good, bad)
         if self.seed is not None:
@@ -214,9 +213,9 @@ def decode_pool(data: DataConfig, reserved_cpus: float = 0.0, pools: int = 1) ->
     return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(free / pools / data.actor_cpus)))
 
 
-def new_ledger(lines: list[StoryLine], data: DataConfig) -> ray.actor.ActorHandle:
+def new_ledger(stories: StorySet, data: DataConfig) -> ray.actor.ActorHandle:
     return ray.remote(num_cpus=0)(StoryLedger).options(name=f"story-ledger-{uuid.uuid4().hex[:8]}").remote(
-        len(lines), data.failure_budget)
+        len(stories), data.failure_budget)
 
 
 @dataclass(frozen=True)
@@ -235,47 +234,37 @@ def groups_of(stories: Sequence[int], pass_index: int, size: int) -> list[Group]
             for g, start in enumerate(range(0, len(stories), size))]
 
 
-def story_samples(lines: list[StoryLine], data: DataConfig, groups: list[Group], cut: SampleCut,
+def story_samples(stories: StorySet, data: DataConfig, groups: list[Group], cut: SampleCut,
                   ledger: ray.actor.ActorHandle, seed: int | None, reserved_cpus: float = 0.0,
                   pools: int = 1) -> ray.data.Dataset:
     """The samples ``cut`` makes of the valid stories of ``groups``, in order: one block, one map batch per group."""
     tables = [pa.table({"pass": [g.pass_index] * len(g.stories), "group": [g.group] * len(g.stories),
                         "story": g.stories, "skip": [g.skip] * len(g.stories)}) for g in groups]
     dataset = ray.data.from_arrow(tables).map_batches(
-        StorySamples, fn_constructor_kwargs={"lines": ray.put(lines), "image_root": data.image_root, "ledger": ledger,
-                                             "cut": cut, "seed": seed},
+        StorySamples, fn_constructor_kwargs={"stories": ray.put(stories), "ledger": ledger, "cut": cut, "seed": seed},
         batch_size=None, compute=decode_pool(data, reserved_cpus, pools), num_cpus=data.actor_cpus,
     )
     dataset.context.execution_options.preserve_order = True
     return dataset
 
 
-def samples_per_pass(stage: Stage, lines: list[StoryLine], data: DataConfig) -> int:
-    """What one pass yields if every story is valid (parsed on the driver: the image counts are in the JSON)."""
-    frames = []
-    for line in lines:
-        try:
-            frames.append(len(parse_story(line.text).images))
-        except BadRecordError:
-            frames.append(0)
+def samples_per_pass(stage: Stage, stories: StorySet, data: DataConfig) -> int:
+    """What one pass yields if every story is valid (counted on the driver, without a picture)."""
+    frames = [stories.frames(index) for index in range(len(stories))]
     if stage == "detokenizer_pretrain":
         return sum(frames)
     return sum(window_count(count, data.window_frames, data.min_context_frames) for count in frames)
 
 
-def passes_for(stage: Stage, config: SeedStoryConfig, per_pass: int) -> int:
+def passes_for(stage: Stage, config: SeedStoryConfig, stories: StorySet) -> int:
     """Passes that feed ``max_steps`` even with the failure budget spent, plus one spare for the samples
     lost to equal splits, ``drop_last`` and over-long windows."""
     settings = getattr(config.train, stage)
     needed = settings.max_steps * settings.grad_accum_steps * settings.micro_batch_size * settings.num_workers
-    usable = per_pass * (1 - config.data.failure_budget)
+    usable = samples_per_pass(stage, stories, config.data) * (1 - config.data.failure_budget)
     if usable <= 0:
-        raise ValueError(f"the training split ({', '.join(config.data.train_jsonl)}) yields no {stage} sample")
+        raise ValueError(f"{stories.describe()} yields no {stage} sample")
     return math.ceil(needed / usable) + 1
-
-
-def split_jsonl(config: SeedStoryConfig, split: Split) -> list[str]:
-    return {"train": config.data.train_jsonl, "val": config.data.val_jsonl, "test": config.data.test_jsonl}[split]
 
 
 def stage_cut(stage: Stage, config: SeedStoryConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> SampleCut:
@@ -293,10 +282,11 @@ def stage_dataset(stage: Stage, config: SeedStoryConfig, split: Split,
                   tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[ray.data.Dataset, DataReport]:
     """The samples of one stage for ``split`` of ``config.data``, once, in file order with the windows of
     pass 0 (training reads ``seedstory.data.streams.StoryStream`` instead)."""
-    lines = list(read_story_lines(expand_jsonl(split_jsonl(config, split))))
-    ledger = new_ledger(lines, config.data)
-    groups = groups_of(range(len(lines)), 0, config.data.preprocess_batch_size)
-    return story_samples(lines, config.data, groups, stage_cut(stage, config, tokenizer), ledger, None), DataReport(ledger)
+    stories = split_stories(config, split)
+    ledger = new_ledger(stories, config.data)
+    groups = groups_of(range(len(stories)), 0, config.data.preprocess_batch_size)
+    cut = stage_cut(stage, config, tokenizer)
+    return story_samples(stories, config.data, groups, cut, ledger, None), DataReport(ledger)
 
 
 def validation_set(stage: Stage, config: SeedStoryConfig,
@@ -312,7 +302,8 @@ def validation_set(stage: Stage, config: SeedStoryConfig,
         dataset = dataset.limit(settings.val_batches * settings.micro_batch_size * settings.num_workers)
     val = dataset.materialize()
     if (count := val.count()) < settings.num_workers:
-        raise ValueError(f"the val split ({', '.join(config.data.val_jsonl)}) yields {count} {stage} samples, fewer "
+        raise ValueError(f"the val split ({config.data.prepared or ', '.join(config.data.val_jsonl)}) yields {count} "
+                         f"{stage} samples, fewer "
                          f"than one per worker ({settings.num_workers}): give it more stories, or set "
                          f"train.{stage}.val_every=null to train without validation")
     return val, report

@@ -20,9 +20,9 @@ from transformers import PreTrainedTokenizerBase
 from seedstory.config import SeedStoryConfig
 from seedstory.data.badrecords import BadRecordError
 from seedstory.data.layout import IGNORE_INDEX
-from seedstory.data.pipeline import Split, split_jsonl
 from seedstory.data.records import parse_story
 from seedstory.data.sources import expand_jsonl, read_story_lines
+from seedstory.data.story_sets import Split, split_jsonl
 from seedstory.tokenizer import INST
 
 

@@ -34,8 +34,8 @@ from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
 from seedstory.data.pipeline import (POSITION_COLUMNS, DataReport, SampleCut, Stage, groups_of, new_ledger,
-                                     passes_for, samples_per_pass, stage_cut, story_samples)
-from seedstory.data.sources import StoryLine, expand_jsonl, read_story_lines
+                                     passes_for, stage_cut, story_samples)
+from seedstory.data.story_sets import StorySet, split_stories
 
 Batch = dict[str, torch.Tensor]
 Position = dict[str, int]
@@ -65,16 +65,16 @@ class PositionCollate(NumpyBatchCollateFn):
 class StoryStream(TrainStream):
     """A training split's samples for one stage, ``passes`` passes per Ray Data execution."""
 
-    lines: list[StoryLine]
+    stories: StorySet
     config: SeedStoryConfig
     cut: SampleCut
     ledger: ray.actor.ActorHandle
     passes: int
     reserved_cpus: float = 0.0
 
-    def stories(self, rank: int, world: int, pass_index: int) -> list[int]:
+    def dealt(self, rank: int, world: int, pass_index: int) -> list[int]:
         """The stories rank ``rank`` reads in pass ``pass_index``, in reading order."""
-        order = np.random.default_rng([self.config.data.seed, pass_index]).permutation(len(self.lines))
+        order = np.random.default_rng([self.config.data.seed, pass_index]).permutation(len(self.stories))
         return order[rank::world].tolist()
 
     def dataset(self, rank: int, world: int, start: Position) -> ray.data.Dataset:
@@ -82,11 +82,11 @@ class StoryStream(TrainStream):
         first, group, index = start.get("pass", 0), start.get("group", 0), start.get("index", 0)
         end = (first // self.passes + 1) * self.passes
         size = self.config.data.preprocess_batch_size
-        groups = [g for p in range(first, end) for g in groups_of(self.stories(rank, world, p), p, size)
+        groups = [g for p in range(first, end) for g in groups_of(self.dealt(rank, world, p), p, size)
                   if p > first or g.group >= group]
         if groups and (groups[0].pass_index, groups[0].group) == (first, group):
             groups[0] = replace(groups[0], skip=index)
-        return story_samples(self.lines, self.config.data, groups, self.cut, self.ledger, self.config.data.seed,
+        return story_samples(self.stories, self.config.data, groups, self.cut, self.ledger, self.config.data.seed,
                              self.reserved_cpus, pools=world)
 
     def batches(self, rank: int, world: int, batch_size: int, collate: NumpyBatchCollateFn,
@@ -137,10 +137,10 @@ def stage_stream(stage: Stage, config: SeedStoryConfig,
                  tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[StoryStream, DataReport]:
     """The training split as a stream for ``stage``: each Ray Data execution holds the passes ``max_steps``
     needs (one spare), so a run reads one unless a worker's share runs short."""
-    lines = list(read_story_lines(expand_jsonl(config.data.train_jsonl)))
+    stories = split_stories(config, "train")
     settings = getattr(config.train, stage)
-    ledger = new_ledger(lines, config.data)
-    stream = StoryStream(lines, config, stage_cut(stage, config, tokenizer), ledger,
-                         passes=passes_for(stage, config, samples_per_pass(stage, lines, config.data)),
+    ledger = new_ledger(stories, config.data)
+    stream = StoryStream(stories, config, stage_cut(stage, config, tokenizer), ledger,
+                         passes=passes_for(stage, config, stories),
                          reserved_cpus=settings.num_workers * settings.cpus_per_worker)
     return stream, DataReport(ledger)

@@ -22,6 +22,7 @@ from seedstory.data.pipeline import (FrameCut, StoryLedger, StorySamples, Window
                                      passes_for, samples_per_pass, stage_cut, stage_dataset, validation_set)
 from seedstory.data.streams import stage_stream
 from seedstory.data.sources import StoryLine
+from seedstory.data.story_sets import ReleasedStories
 from seedstory.data.toyworld.generate import toy_story, write_toy_world
 from seedstory.data.windows import story_windows, window_count
 from seedstory.storage import write_bytes
@@ -171,15 +172,15 @@ def test_a_stream_started_mid_group_reads_exactly_the_rest_and_fetches_nothing_b
     start = {"pass": pass_index, "group": group, "index": index}
     rest = [tuple(row[c] for c in columns) for row in replace(fresh, passes=1).dataset(1, 2, start).take_all()]
     assert rest == whole[cut:]
-    stories = [g.stories for g in groups_of(stream.stories(1, 2, 0), 0, config.data.preprocess_batch_size)]
-    assert report.metrics()["data/stories"] == sum(len(s) for s in stories[group:]) < len(stream.stories(1, 2, 0))
+    stories = [g.stories for g in groups_of(stream.dealt(1, 2, 0), 0, config.data.preprocess_batch_size)]
+    assert report.metrics()["data/stories"] == sum(len(s) for s in stories[group:]) < len(stream.dealt(1, 2, 0))
 
 
 def test_a_stream_resumed_after_its_last_full_batch_goes_on_with_the_next_pass(toy, ray_cluster):
     config = toy[0]
     stream, _ = stage_stream("detokenizer_pretrain", config)
     stream = replace(stream, passes=1)
-    last = len(groups_of(stream.stories(0, 2, 0), 0, config.data.preprocess_batch_size)) - 1
+    last = len(groups_of(stream.dealt(0, 2, 0), 0, config.data.preprocess_batch_size)) - 1
     batch, position = next(stream.batches(0, 2, 4, FrameIds(), {"pass": 0, "group": last, "index": 10_000}))
     assert position["pass"] == 1 and {p for _, _, p in zip(*(batch[n].tolist() for n in FrameIds.ids))} == {1}
 
@@ -201,16 +202,17 @@ def test_the_training_stream_holds_enough_passes_for_max_steps(toy):
     config, summary, tokenizer = toy
     lines = [StoryLine("train.jsonl", i + 1, toy_story(config.data.toy, i).record.to_line()) for i in range(STORIES)]
     lines.append(StoryLine("train.jsonl", STORIES + 1, "{broken"))
+    stories = ReleasedStories(lines, config.data.image_root, "the train split")
     frames = _frames(config)
-    assert samples_per_pass("detokenizer_pretrain", lines, config.data) == summary["frames"]
+    assert samples_per_pass("detokenizer_pretrain", stories, config.data) == summary["frames"]
     windows = sum(window_count(n, 10, 1) for n in frames.values())
-    assert samples_per_pass("story_instruct", lines, config.data) == windows
+    assert samples_per_pass("story_instruct", stories, config.data) == windows
     s = config.train.detokenizer_pretrain
     needed = s.max_steps * s.grad_accum_steps * s.micro_batch_size * s.num_workers
-    passes = passes_for("detokenizer_pretrain", config, summary["frames"])
+    passes = passes_for("detokenizer_pretrain", config, stories)
     assert (passes - 1) * summary["frames"] >= needed > (passes - 2) * summary["frames"]  # one spare pass
-    with pytest.raises(ValueError, match="yields no story_instruct sample"):
-        passes_for("story_instruct", config, 0)
+    with pytest.raises(ValueError, match="the train split yields no story_instruct sample"):
+        passes_for("story_instruct", config, ReleasedStories(lines[-1:], config.data.image_root, "the train split"))
 
 
 def test_the_val_split_is_the_same_samples_in_the_same_order_every_time(toy, ray_cluster, s3):
@@ -254,8 +256,9 @@ def _group(stories: list[int]) -> dict[str, np.ndarray]:
             "story": np.array(stories), "skip": np.zeros(len(stories), dtype=np.int64)}
 
 
-def _lines(config, indices) -> list[StoryLine]:
-    return [StoryLine("train.jsonl", n + 1, toy_story(config.data.toy, i).record.to_line()) for n, i in enumerate(indices)]
+def _stories(config, indices, *extra: StoryLine) -> ReleasedStories:
+    lines = [StoryLine("train.jsonl", n + 1, toy_story(config.data.toy, i).record.to_line()) for n, i in enumerate(indices)]
+    return ReleasedStories([*lines, *extra], config.data.image_root)
 
 
 @pytest.mark.parametrize("stage", ["detokenizer_pretrain", "detokenizer_adapt"])
@@ -266,9 +269,9 @@ def test_every_picture_is_decoded_once_per_pass(toy, ray_cluster, monkeypatch, s
     opened = []
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(1) or real_open(*args, **kwargs))
-    lines = _lines(config, (0, 1))
-    ledger = ray.remote(num_cpus=0)(StoryLedger).remote(len(lines), 0.0)
-    samples = StorySamples(ray.put(lines), config.data.image_root, ledger, stage_cut(stage, config, tokenizer), seed=0)
+    stories = _stories(config, (0, 1))
+    ledger = ray.remote(num_cpus=0)(StoryLedger).remote(len(stories), 0.0)
+    samples = StorySamples(ray.put(stories), ledger, stage_cut(stage, config, tokenizer), seed=0)
     out = samples(_group([0, 1]))
     frames = sum(len(toy_story(config.data.toy, i).record.images) for i in (0, 1))
     assert len(opened) == frames
@@ -287,9 +290,9 @@ class SlowLedger(StoryLedger):
 
 def test_a_good_batch_never_waits_for_the_ledger_and_a_bad_one_gets_its_verdict(toy, ray_cluster):
     config, _, _ = toy
-    lines = [*_lines(config, (0, 1)), StoryLine("train.jsonl", 3, "{broken")]
-    ledger = ray.remote(num_cpus=0)(SlowLedger).remote(len(lines), 0.0)
-    samples = StorySamples(ray.put(lines), config.data.image_root, ledger, FrameCut(56, 64), seed=None)
+    stories = _stories(config, (0, 1), StoryLine("train.jsonl", 3, "{broken"))
+    ledger = ray.remote(num_cpus=0)(SlowLedger).remote(len(stories), 0.0)
+    samples = StorySamples(ray.put(stories), ledger, FrameCut(56, 64), seed=None)
     started = time.monotonic()
     assert len(samples(_group([0]))["key"]) > 0
     assert time.monotonic() - started < LEDGER_DELAY
