@@ -8,19 +8,18 @@ A prepared story is one Parquet row group, so a worker reads exactly the stories
 
 from __future__ import annotations
 
-import io
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pyarrow.parquet as pq
-from PIL import Image
 
 from seedstory import storage
 from seedstory.config import SeedStoryConfig
 from seedstory.config.model import ModelConfig
-from seedstory.data.badrecords import BadKind, BadRecordError
+from seedstory.data.badrecords import BadRecordError
+from seedstory.data.images import decode_image
 from seedstory.data.pixels import PreparedFrame
 from seedstory.data.records import StoryRecord, parse_story
 from seedstory.data.sources import StoryLine, expand_jsonl, read_story_lines
@@ -112,9 +111,9 @@ class PreparedStories(StorySet):
         frames = []
         for index_in_story, (vit, sd, time_ids) in enumerate(zip(story["vit"], story["sd"], story["time_ids"])):
             try:
-                frames.append(PreparedFrame(_decode_png(vit), _decode_png(sd), tuple(time_ids)))
-            except OSError as err:
-                raise BadRecordError(BadKind.CORRUPT_IMAGE, f"frame {index_in_story}: {err}") from None
+                frames.append(PreparedFrame(decode_image(vit), decode_image(sd), tuple(time_ids)))
+            except BadRecordError as err:
+                raise BadRecordError(err.kind, f"frame {index_in_story}: {err.detail}") from None
         record = StoryRecord(tuple(story["images"]), tuple(story["captions"]))
         return Story(story["key"], record, tuple(frames))
 
@@ -123,12 +122,6 @@ class PreparedStories(StorySet):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": {}}  # open files stay with the process that opened them
-
-
-def _decode_png(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
 
 
 def split_jsonl(config: SeedStoryConfig, split: Split) -> list[str]:
