@@ -21,14 +21,23 @@ from pathlib import Path
 
 import torch
 from mlflow import MlflowClient
+from ray import cloudpickle
 
+import detokenizer_adapt
+import detokenizer_pretrain
+import story_instruct
 from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.config import SeedStoryConfig
 from seedstory.data.streams import stage_stream
 from seedstory.training.base_weights import write_tiny_base
+from seedstory.training.recipe import StageRecipe
 from seedstory.training.run import StageRun, start_stage
 
-STAGES = ("detokenizer_pretrain", "story_instruct", "detokenizer_adapt")
+# The stage jobs beside this file, whose recipes it runs: not installed, so they travel to the workers by value.
+RECIPES: tuple[type[StageRecipe], ...] = (detokenizer_pretrain.DetokenizerPretrain, story_instruct.StoryInstruct,
+                                          detokenizer_adapt.DetokenizerAdapt)
+for job in (detokenizer_pretrain, story_instruct, detokenizer_adapt):
+    cloudpickle.register_pickle_by_value(job)
 
 
 def measure(run: StageRun, skip: int, seconds: float) -> dict:
@@ -53,16 +62,16 @@ def measure(run: StageRun, skip: int, seconds: float) -> dict:
     }
 
 
-def bench_stage(stage: str, config: SeedStoryConfig, skip: int) -> tuple[dict, str]:
-    with start_stage(stage, config) as run:
+def bench_stage(recipe: type[StageRecipe], config: SeedStoryConfig, skip: int) -> tuple[dict, str]:
+    with start_stage(recipe, config) as run:
         tokenizer = run.tokenizer()
-        stream, report = stage_stream(stage, run.config, tokenizer)
+        stream, report = stage_stream(run.stage, run.config, tokenizer)
         started = time.perf_counter()
         run.fit(stream, run.validation_set(tokenizer))
         seconds = time.perf_counter() - started
         run.log_data(report)
     if not run.finished:
-        raise RuntimeError(f"{stage} stopped before max_steps (stop_at_step?): nothing to chain stage 3 from")
+        raise RuntimeError(f"{run.stage} stopped before max_steps (stop_at_step?): nothing to chain stage 3 from")
     return measure(run, skip, seconds), run.export_uri
 
 
@@ -81,16 +90,17 @@ def main() -> None:
         write_tiny_base(config, config.train.base_weights)
 
     results, exports = {}, {}
-    for stage in STAGES:
-        if stage == "detokenizer_adapt":
+    for recipe in RECIPES:
+        if recipe is detokenizer_adapt.DetokenizerAdapt:
             config = config.model_copy(deep=True)
             config.train.detokenizer_adapt.sources = {"mllm": exports["story_instruct"],
                                                       "detokenizer": exports["detokenizer_pretrain"]}
-        results[stage], exports[stage] = bench_stage(stage, config, args.skip)
+        stage = recipe.STAGE
+        results[stage], exports[stage] = bench_stage(recipe, config, args.skip)
         print(f"{stage}: {json.dumps(results[stage])}", flush=True)
 
     report = {
-        "device": "cuda" if any(getattr(config.train, s).use_gpu for s in STAGES) else "cpu",
+        "device": "cuda" if any(getattr(config.train, r.STAGE).use_gpu for r in RECIPES) else "cpu",
         "torch": torch.__version__, "host_cpus": os.cpu_count(), "platform": platform.platform(),
         "preset": config.model.preset, "stories": config.data.toy.stories, "stages": results,
     }

@@ -35,7 +35,7 @@ from seedstory.models.partitioned import load_unet
 from seedstory.models.weights import torch_dtype
 from seedstory.models.zero_memory import FROZEN_BYTES, stage_parameters
 from seedstory.training.deepspeed_engine import compute_dtype, initialize, partitioned_build
-from seedstory.training.stages.base import Denoising
+from seedstory.training.denoising import Denoising
 
 
 def arguments() -> argparse.ArgumentParser:

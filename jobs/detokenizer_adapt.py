@@ -1,25 +1,102 @@
-"""Stage 3, de-tokenizer adaptation: the SD-XL UNet (full, ZeRO-3) learns from the MLLM's regressed features.
+"""Stage 3, de-tokenizer adaptation: the SD-XL UNet learns to paint from the MLLM's regressed features.
 
     ray job submit --working-dir . -- python jobs/detokenizer_adapt.py --config tiny [KEY=VALUE ...]
 
 Starts from `train.detokenizer_adapt.sources`: `mllm` (stage 2) and `detokenizer` (stage 1), each an
 MLflow model reference (default models:/seedstory-mllm@candidate, models:/seedstory-detokenizer@candidate)
 or an export URI; the versions and runs they resolve to are recorded on the run (lineage).
-Recipe: config -> sources resolved -> story windows (new ones each pass, shuffled) tokenized with the
-MLLM's own tokenizer (+ the val split, evaluated every `val_every` steps) -> MLflow run -> Ray Train +
-DeepSpeed fit -> export -> model version `train.detokenizer_adapt.registered_model`@candidate -> where
-to look.
+Trained (inside the DeepSpeed engine, ZeRO-3 partitions it, built under `deepspeed.zero.Init`):
+stage 1's condition adapter + UNet, in full, on the diffusion noise MSE of each window's target
+frame. Frozen (outside it, never gathered): the ViT, which reads the window's frames; the MLLM,
+which reads the window with the target frame as the image to generate and regresses its features
+(the condition); the VAE, which encodes the target. Data: story windows (new ones each pass,
+shuffled) cut with the MLLM's own tokenizer (+ the val split, evaluated every `val_every` steps).
+Export: the diffusers UNet + the adapter -> model version
+`train.detokenizer_adapt.registered_model`@candidate.
 """
 
 from __future__ import annotations
 
 import argparse
 
+import torch
+from diffusers import AutoencoderKL
+from ray.data.collate_fn import NumpyBatchCollateFn
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from seedstory import storage
 from seedstory.cli.options import add_config_arguments, config_from_args
+from seedstory.config import SeedStoryConfig
+from seedstory.config.model import ModelConfig
+from seedstory.data.pipeline import WindowCollate, target_images
 from seedstory.data.streams import stage_stream
+from seedstory.models import freezing
+from seedstory.models.detokenizer import build_vae, encode_frames
+from seedstory.models.export import export_detokenizer, export_model_config, load_mllm
+from seedstory.models.mllm import SeedStoryMLLM
+from seedstory.models.partitioned import load_trained_detokenizer
+from seedstory.models.vit import build_vit
+from seedstory.models.weights import load_tokenizer
+from seedstory.tokenizer import image_token_ids
+from seedstory.training.denoising import Denoising
+from seedstory.training.recipe import StageRecipe
 from seedstory.training.run import start_stage
 
-STAGE = "detokenizer_adapt"
+
+class WindowConditioning(nn.Module):
+    """A story window -> the MLLM's regressed features for its target frame, and that frame's VAE latents."""
+
+    def __init__(self, vit: nn.Module, mllm: SeedStoryMLLM, vae: AutoencoderKL, config: ModelConfig) -> None:
+        super().__init__()
+        self.vit = vit
+        self.mllm = mllm
+        self.vae = vae
+        self.config = config
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        features = self.vit(batch["vit_pixels"])
+        regressed = self.mllm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              image_features=features, is_target=target_images(batch["num_images"])).regressed
+        return {"latents": encode_frames(self.vae, self.config, batch["sd_pixels"]), "features": regressed,
+                "time_ids": batch["add_time_ids"]}
+
+
+class DetokenizerAdapt(StageRecipe):
+    STAGE = "detokenizer_adapt"
+    SOURCES = ("mllm", "detokenizer")
+    WEIGHTS = ("vit",)
+
+    @classmethod
+    def tokenizer(cls, config: SeedStoryConfig, sources: dict[str, str]) -> PreTrainedTokenizerBase:
+        """The MLLM export's own tokenizer: the windows must be cut with the ids the MLLM was trained on."""
+        return load_tokenizer(storage.join(sources["mllm"], "tokenizer"), config.model.image_tokens)
+
+    def __init__(self, config: SeedStoryConfig, sources: dict[str, str]) -> None:
+        super().__init__(config, sources)
+        self.text_tokenizer = self.tokenizer(config, sources)
+
+    def frozen(self) -> nn.Module:
+        vit = build_vit(self.config.model)
+        mllm, _ = load_mllm(self.sources["mllm"])
+        detokenizer_config = export_model_config(self.sources["detokenizer"], "detokenizer")
+        vae = build_vae(detokenizer_config)
+        freezing.freeze(vit, mllm, vae)
+        return WindowConditioning(vit, mllm, vae, detokenizer_config)
+
+    def build(self) -> nn.Module:
+        detokenizer = load_trained_detokenizer(self.sources["detokenizer"])
+        freezing.train(detokenizer)
+        if self.config.train.detokenizer_adapt.activation_checkpointing:
+            detokenizer.unet.enable_gradient_checkpointing()
+        return Denoising(detokenizer, self.config.model.loss)
+
+    def collate(self) -> NumpyBatchCollateFn:
+        return WindowCollate(image_token_ids(self.text_tokenizer, self.config.model.image_tokens).pad)
+
+    def export(self, model: nn.Module, uri: str) -> dict[str, str]:
+        export_detokenizer(model.detokenizer, uri)
+        return {"detokenizer": uri}
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -31,9 +108,9 @@ def arguments() -> argparse.ArgumentParser:
 def main() -> None:
     config = config_from_args(arguments().parse_args())
 
-    with start_stage(STAGE, config) as run:
+    with start_stage(DetokenizerAdapt, config) as run:
         tokenizer = run.tokenizer()
-        windows, report = stage_stream(STAGE, run.config, tokenizer)
+        windows, report = stage_stream(run.stage, run.config, tokenizer)
         run.fit(windows, run.validation_set(tokenizer))
         run.log_data(report)
         run.register()

@@ -85,3 +85,26 @@ def ray_cluster(ray_head):
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
     yield ray_head
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and OpenMP spinning stalls on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_base_config(tmp_path_factory):
+    """The tiny preset (4 toy stories) reading a base folder of random parts written for this module."""
+    from seedstory.config import load_config
+    from seedstory.training.base_weights import with_base_weights, write_tiny_base
+
+    root = tmp_path_factory.mktemp("base")
+    raw = load_config("tiny", [f"train.base_weights={root}", "data.toy.stories=4"])
+    write_tiny_base(raw, str(root))
+    return with_base_weights(raw)

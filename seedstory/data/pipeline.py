@@ -309,6 +309,16 @@ def validation_set(stage: Stage, config: SeedStoryConfig,
     return val, report
 
 
+class FrameCollate(NumpyBatchCollateFn):
+    """A batch of single frames (stage 1): ``vit_pixels`` [B, 3, Sv, Sv], ``sd_pixels`` [B, 3, S, S] in [-1, 1],
+    ``add_time_ids`` [B, 6]."""
+
+    FIELDS = ("vit_pixels", "sd_pixels", "add_time_ids")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(np.array(batch[name])) for name in self.FIELDS}
+
+
 class WindowCollate(NumpyBatchCollateFn):
     """Pads a batch of windows: ids with ``pad_id``, labels with -100; images are concatenated
     (``[sum of num_images, 3, H, W]``, sample order, each sample's target last) for one ViT pass."""
@@ -336,3 +346,11 @@ class WindowCollate(NumpyBatchCollateFn):
             out["sd_pixels"] = torch.as_tensor(np.stack(list(batch["sd_pixels"])))
             out["add_time_ids"] = torch.as_tensor(np.stack(list(batch["add_time_ids"])))
         return out
+
+
+def target_images(num_images: torch.Tensor) -> torch.Tensor:
+    """[sum(num_images)] bool: each window's last image, the one to generate (``WindowCollate``'s order)."""
+    ends = torch.cumsum(num_images, dim=0) - 1
+    mask = torch.zeros(int(num_images.sum()), dtype=torch.bool, device=num_images.device)
+    mask[ends] = True
+    return mask

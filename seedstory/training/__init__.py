@@ -1,1 +1,2 @@
-"""Ray Train + DeepSpeed mechanics shared by the three training stages."""
+"""Ray Train + DeepSpeed mechanics shared by the training stages, whose recipes live in their jobs
+(``jobs/<stage>.py``)."""

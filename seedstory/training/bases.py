@@ -31,9 +31,10 @@ from seedstory.training.base_weights import (
     MANIFEST, PARTS, BaseWeightsError, PretrainedBases, check_base_shapes, read_manifest, tiny_model, tiny_tokenizer,
     write_tiny_base,
 )
+from seedstory.training.base_recipes import ClipPretrain, LLMPretrain, VAEPretrain
 from seedstory.training.run import StageRun, start_stage
 
-STAGES = ("vae_pretrain", "clip_pretrain", "llm_pretrain")
+RECIPES = (VAEPretrain, ClipPretrain, LLMPretrain)
 LATENT_SAMPLE = 512  # train frames the VAE's latent scale is measured on
 SCALING_FACTOR = "vae/scaling_factor"
 
@@ -98,10 +99,10 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
     scores: dict[str, float] = {}
     exports: dict[str, str] = {}
     runs: dict[str, str] = {}
-    for stage in STAGES:
-        with start_stage(stage, stages) as run:
+    for recipe in RECIPES:
+        with start_stage(recipe, stages) as run:
             mlflow.set_tag("seedstory.base_weights", uri)
-            if stage == "llm_pretrain":
+            if recipe is LLMPretrain:
                 run.fit(EpochStream(story_text_dataset(texts, run.config), data.seed, data.shuffle_buffer))
                 mlflow.log_metrics({"data/stories": float(len(texts)), "data/bad_total": float(bad_texts)})
             else:
@@ -113,11 +114,11 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
                 mlflow.log_metrics(stage_scores)
                 run.lines += verdicts(stage_scores)
                 scores.update(stage_scores)
-                exports[stage] = run.export_uri
-                runs[stage] = f"models:/{version.name}/{version.version}"
+                exports[run.stage] = run.export_uri
+                runs[run.stage] = f"models:/{version.name}/{version.version}"
         print(run.where_to_look(), flush=True)
         if version is None:
-            print(f"{stage} stopped before max_steps: no base written to {uri}")
+            print(f"{run.stage} stopped before max_steps: no base written to {uri}")
             return None
 
     dual, _ = load_dual_encoder(exports["clip_pretrain"])

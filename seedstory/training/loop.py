@@ -42,17 +42,16 @@ from seedstory.data.streams import TrainStream
 from seedstory.training import checkpoints
 from seedstory.training.deepspeed_engine import compute_dtype, initialize, partitioned_build
 from seedstory.training.progress import StepClock
-from seedstory.training.recipe import feed, recipe_class
+from seedstory.training.recipe import StageRecipe, feed
 
 log = logging.getLogger("seedstory.training")
 
 
 @dataclass
 class LoopSpec:
-    """Everything a worker needs (it travels to every worker): plain data, and the training stream."""
+    """Everything a worker needs (it travels to every worker): the recipe class, plain data, the training stream."""
 
-    stage: str
-    recipe: str
+    recipe: type[StageRecipe]
     config: dict[str, Any]
     export_uri: str
     stream: TrainStream
@@ -60,6 +59,10 @@ class LoopSpec:
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     log_every: int = 1
+
+    @property
+    def stage(self) -> str:
+        return self.recipe.STAGE
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -148,7 +151,7 @@ def train_worker(loop_config: dict[str, LoopSpec]) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(config.data.seed + rank)
 
-    recipe = recipe_class(spec.recipe)(config, spec.sources)
+    recipe = spec.recipe(config, spec.sources)
     dtype = compute_dtype(stage)
     frozen = recipe.frozen()
     if frozen is not None:

@@ -1,14 +1,19 @@
-"""What a training stage plugs into the shared loop: what it trains, the frozen networks that feed it, its
-batches, its export."""
+"""What a training stage plugs into the shared loop: what it starts from, what it trains, the frozen networks
+that feed it, its batches, its export.
+
+A stage's recipe lives with its job (``jobs/<stage>.py``); the tiny preset's base pretraining keeps
+its recipes in ``seedstory.training.base_recipes``. The recipe class itself travels to the workers
+in the loop's spec: a job's own classes are pickled by value, installed ones by reference.
+"""
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
 
@@ -17,11 +22,38 @@ if TYPE_CHECKING:  # a type only: the recipes' models build where Ray is not ins
 
 
 class StageRecipe(ABC):
-    """One stage: built on every worker from the config and the URIs of what it starts from."""
+    """One stage: built on every worker from the config and the URIs of what it starts from.
+
+    ``STAGE``: the stage's name, its settings are ``train.<STAGE>``.
+    ``SOURCES``: names of the exports it continues from (``train.<STAGE>.sources``).
+    ``WEIGHTS``: ``model.<part>.weights`` it needs on storage (frozen bases, or bases an export refers to).
+    """
+
+    STAGE: ClassVar[str]
+    SOURCES: ClassVar[tuple[str, ...]] = ()
+    WEIGHTS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: SeedStoryConfig, sources: dict[str, str]) -> None:
         self.config = config
         self.sources = sources
+
+    @classmethod
+    def check_inputs(cls, config: SeedStoryConfig, sources: dict[str, str]) -> None:
+        """Called on the driver before any worker starts: what is missing is named there, not in a worker's log."""
+        missing = [name for name in cls.SOURCES if name not in sources]
+        unknown = sorted(set(sources) - set(cls.SOURCES))
+        if missing or unknown:
+            raise ValueError(f"{cls.__name__} starts from sources {list(cls.SOURCES)}; "
+                             f"missing {missing}, not understood {unknown}")
+        unset = [part for part in cls.WEIGHTS if getattr(config.model, part).weights is None]
+        if unset:
+            raise ValueError(f"{cls.__name__} needs " + ", ".join(f"model.{p}.weights" for p in unset)
+                             + " on storage: set them or train.base_weights (jobs/pretrain_bases.py)")
+
+    @classmethod
+    def tokenizer(cls, config: SeedStoryConfig, sources: dict[str, str]) -> PreTrainedTokenizerBase | None:
+        """The tokenizer the stage's samples are cut with (None: the stage has no text)."""
+        return None
 
     @abstractmethod
     def build(self) -> nn.Module:
@@ -58,14 +90,3 @@ def feed(frozen: nn.Module | None, batch: dict[str, torch.Tensor]) -> dict[str, 
         return batch
     with torch.no_grad():
         return frozen(batch)
-
-
-def recipe_class(path: str) -> type[StageRecipe]:
-    """``"package.module:Class"`` -> the class (workers import recipes by name, not by pickle)."""
-    module_name, _, attr = path.partition(":")
-    if not attr:
-        raise ValueError(f"recipe path {path!r} is not of the form 'package.module:Class'")
-    cls = getattr(importlib.import_module(module_name), attr)
-    if not (isinstance(cls, type) and issubclass(cls, StageRecipe)):
-        raise TypeError(f"{path} is not a StageRecipe")
-    return cls

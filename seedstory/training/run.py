@@ -30,10 +30,8 @@ from seedstory.data.streams import TrainStream
 from seedstory.training.base_weights import with_base_weights
 from seedstory.training.launcher import build_trainer, runs_uri
 from seedstory.training.loop import LoopSpec
-from seedstory.training.recipe import recipe_class
+from seedstory.training.recipe import StageRecipe
 from seedstory.training.registry import CANDIDATE, ResolvedSource, register_export, resolve_source
-from seedstory.training.stages import RECIPES
-from seedstory.training.stages.base import SeedStoryStage
 from seedstory.tracking import run_url, tracked_run, use_tracking
 
 PROGRESS_LINES = 50
@@ -49,7 +47,7 @@ def train_run_name(config: SeedStoryConfig, stage: str) -> str:
 class StageRun:
     stage: str
     config: SeedStoryConfig
-    recipe: type[SeedStoryStage]
+    recipe: type[StageRecipe]
     name: str
     sources: dict[str, ResolvedSource]
     client: MlflowClient
@@ -101,7 +99,7 @@ class StageRun:
         return val
 
     def fit(self, stream: TrainStream, val: ray.data.Dataset | None = None) -> Result:
-        spec = LoopSpec(stage=self.stage, recipe=RECIPES[self.stage], config=self.config.model_dump(mode="json"),
+        spec = LoopSpec(recipe=self.recipe, config=self.config.model_dump(mode="json"),
                         export_uri=self.export_uri, stream=stream, sources=self.source_uris,
                         mlflow_tracking_uri=self.client.tracking_uri, mlflow_run_id=self.run_id,
                         log_every=max(1, self.settings.max_steps // PROGRESS_LINES))
@@ -137,12 +135,10 @@ class StageRun:
 
 
 @contextmanager
-def start_stage(stage: str, config: SeedStoryConfig) -> Iterator[StageRun]:
-    """An MLflow run for ``stage`` with its inputs resolved and checked; the run ends with the block."""
-    if stage not in RECIPES:
-        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(RECIPES)}")
+def start_stage(recipe: type[StageRecipe], config: SeedStoryConfig) -> Iterator[StageRun]:
+    """An MLflow run for ``recipe``'s stage with its inputs resolved and checked; the run ends with the block."""
+    stage = recipe.STAGE
     config = with_base_weights(config)
-    recipe = recipe_class(RECIPES[stage])
     client = MlflowClient(use_tracking(config.tracking))
     sources = {name: resolve_source(client, reference)
                for name, reference in getattr(config.train, stage).sources.items()}

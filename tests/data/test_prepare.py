@@ -19,7 +19,7 @@ from seedstory.data.story_sets import PREPARED_MANIFEST, PreparedStories, split_
 from seedstory.data.streams import stage_stream
 from seedstory.data.toyworld.generate import toy_story, write_toy_world
 from seedstory.tokenizer import build_tiny_tokenizer
-from seedstory.training.stages.detokenizer_pretrain import FrameCollate
+from seedstory.data.pipeline import FrameCollate
 
 pytestmark = pytest.mark.stack
 

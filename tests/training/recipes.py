@@ -66,6 +66,8 @@ class RegressionCollate(NumpyBatchCollateFn):
 
 
 class RegressionRecipe(StageRecipe):
+    STAGE = "story_instruct"  # the settings the loop tests configure
+
     def build(self) -> nn.Module:
         torch.manual_seed(1234)
         return Regressor(self.sources.get("kill_marker"), self.sources.get("node_loss_marker"),
@@ -108,6 +110,8 @@ class FrameSampleCollate(NumpyBatchCollateFn):
 
 
 class FrameRecipe(StageRecipe):
+    STAGE = "detokenizer_pretrain"
+
     def build(self) -> nn.Module:
         torch.manual_seed(1234)
         return FrameRegressor(self.sources.get("sample_log"))

@@ -33,7 +33,7 @@ from transformers import LlamaForCausalLM
 from seedstory import storage
 from seedstory.config import load_config
 from seedstory.data.images import decode_image, encode_image
-from seedstory.data.pipeline import WindowCollate
+from seedstory.data.pipeline import WindowCollate, target_images
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.toyworld.generate import split_of, toy_story, write_toy_world
 from seedstory.data.toyworld.render import render_frame
@@ -43,7 +43,6 @@ from seedstory.models.vit import build_vit
 from seedstory.models.weights import CACHE_ENV, local_copy
 from seedstory.training.base_weights import with_base_weights, write_tiny_base
 from seedstory.tokenizer import image_token_ids
-from seedstory.training.stages.base import target_images
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.stack

@@ -19,10 +19,8 @@ from seedstory.data.streams import EpochStream, TrainStream, stage_stream
 from seedstory.data.toyworld.generate import write_toy_world
 from seedstory.training.launcher import build_trainer
 from seedstory.training.loop import LoopSpec
-from tests.training.recipes import FEATURES, regression_rows
-
-RECIPE = "tests.training.recipes:RegressionRecipe"
-FRAMES = "tests.training.recipes:FrameRecipe"
+from seedstory.training.recipe import StageRecipe
+from tests.training.recipes import FEATURES, FrameRecipe, RegressionRecipe, regression_rows
 
 
 def _config(bucket: str, **stage):
@@ -34,8 +32,8 @@ def _config(bucket: str, **stage):
 
 
 def _spec(config, run_name: str, stream: TrainStream, sources: dict | None = None, run_id: str | None = None,
-          stage: str = "story_instruct", recipe: str = RECIPE) -> LoopSpec:
-    return LoopSpec(stage=stage, recipe=recipe, config=config.model_dump(mode="json"),
+          recipe: type[StageRecipe] = RegressionRecipe) -> LoopSpec:
+    return LoopSpec(recipe=recipe, config=config.model_dump(mode="json"),
                     export_uri=config.storage.uri("exports", run_name), stream=stream, sources=sources or {},
                     mlflow_run_id=run_id, mlflow_tracking_uri=None)
 
@@ -107,7 +105,7 @@ def _frame_world(bucket: str, **stage):
 
 def _fit_frames(config, run_name: str, sample_log: Path, run_id: str):
     stream, _ = stage_stream("detokenizer_pretrain", config)
-    spec = _spec(config, run_name, stream, {"sample_log": str(sample_log)}, run_id, "detokenizer_pretrain", FRAMES)
+    spec = _spec(config, run_name, stream, {"sample_log": str(sample_log)}, run_id, FrameRecipe)
     return build_trainer(config, spec, run_name).fit()
 
 

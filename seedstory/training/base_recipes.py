@@ -1,4 +1,4 @@
-"""The tiny preset's bases, pretrained on the toy world: the VAE, the ViT and the LLM.
+"""The tiny preset's base recipes, pretrained on the toy world: the VAE, the ViT and the LLM.
 
 The paper's SD-XL VAE and Qwen-VL (ViT and LLM) arrive pretrained; the tiny preset trains its own
 once (``seedstory.training.bases`` runs the three and writes the base folder). Every SEED-Story
@@ -43,7 +43,7 @@ from seedstory.models.export import MANIFEST, export_llm, export_vae
 from seedstory.models.mllm import build_llm
 from seedstory.models.vit import build_vit
 from seedstory.models.weights import load_tokenizer
-from seedstory.training.stages.base import SeedStoryStage
+from seedstory.training.recipe import StageRecipe
 
 
 def fresh(model: ModelConfig, *parts: str) -> ModelConfig:
@@ -92,7 +92,9 @@ def near_deterministic(vae: AutoencoderKL) -> AutoencoderKL:
     return vae
 
 
-class VAEPretrain(SeedStoryStage):
+class VAEPretrain(StageRecipe):
+    STAGE = "vae_pretrain"
+
     def build(self) -> nn.Module:
         model = self.config.model
         vae = near_deterministic(build_vae(fresh(model, "vae"))).train().requires_grad_(True)
@@ -107,7 +109,7 @@ class VAEPretrain(SeedStoryStage):
         return {"vae": uri}
 
 
-class _TokenizerSource(SeedStoryStage):
+class _TokenizerSource(StageRecipe):
     """A base trained on text cut with the tokenizer the bases job trains first (``sources``: ``tokenizer``)."""
 
     SOURCES = ("tokenizer",)
@@ -122,6 +124,7 @@ class _TokenizerSource(SeedStoryStage):
 
 
 class ClipPretrain(_TokenizerSource):
+    STAGE = "clip_pretrain"
 
     def build(self) -> nn.Module:
         model = fresh(self.config.model, "vit")
@@ -146,6 +149,8 @@ class LLMPretrainModel(nn.Module):
 
 
 class LLMPretrain(_TokenizerSource):
+    STAGE = "llm_pretrain"
+
     def build(self) -> nn.Module:
         llm = build_llm(fresh(self.config.model, "llm"), vocab_size=len(self._tokenizer))
         return LLMPretrainModel(llm.train().requires_grad_(True))

@@ -1,46 +1,37 @@
-"""The three stage recipes in-process on the tiny preset: base weights, inputs, trainable sets, learning, exports."""
+"""The three stage jobs' recipes in-process on the tiny preset: inputs, trainable sets, learning, exports."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from ray import cloudpickle
 
+from jobs.detokenizer_adapt import DetokenizerAdapt
+from jobs.detokenizer_pretrain import DetokenizerPretrain
+from jobs.story_instruct import StoryInstruct
 from seedstory.config import load_config
+from seedstory.config.train import StageConfig
 from seedstory.data.images import decode_image, encode_image
+from seedstory.data.pipeline import target_images
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.toyworld.generate import toy_story
 from seedstory.data.toyworld.render import render_frame
 from seedstory.models.export import load_detokenizer, load_mllm
-from seedstory.training.base_weights import (
-    MANIFEST, BaseWeightsError, read_manifest, with_base_weights, write_tiny_base,
-)
-from seedstory.training.recipe import feed, recipe_class
-from seedstory.training.stages import RECIPES
-from seedstory.training.stages.base import target_images
-from seedstory.training.stages.detokenizer_adapt import DetokenizerAdapt
-from seedstory.training.stages.detokenizer_pretrain import DetokenizerPretrain
-from seedstory.training.stages.story_instruct import StoryInstruct
+from seedstory.training.base_recipes import ClipPretrain, LLMPretrain, VAEPretrain
+from seedstory.training.recipe import feed
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and OpenMP spinning stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    root = tmp_path_factory.mktemp("base")
-    raw = load_config("tiny", [f"train.base_weights={root}", "data.toy.stories=4"])
-    write_tiny_base(raw, str(root))
-    return with_base_weights(raw)
+def config(tiny_base_config):
+    return tiny_base_config
 
 
 @pytest.fixture(scope="module")
@@ -81,35 +72,38 @@ def trainable(model: torch.nn.Module) -> set[str]:
     return {name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}
 
 
-def test_every_stage_names_an_importable_recipe():
-    assert set(RECIPES) == {"vae_pretrain", "clip_pretrain", "llm_pretrain", "detokenizer_pretrain", "story_instruct", "detokenizer_adapt"}
-    for path in RECIPES.values():
-        recipe_class(path)
+def test_every_recipe_trains_one_configured_stage_of_its_own(config):
+    recipes = (VAEPretrain, ClipPretrain, LLMPretrain, DetokenizerPretrain, StoryInstruct, DetokenizerAdapt)
+    stages = {name for name, value in config.train if isinstance(value, StageConfig)}
+    assert sorted(recipe.STAGE for recipe in recipes) == sorted(stages)
 
 
-def test_base_weights_are_written_once_and_fill_only_unset_locations(config, tmp_path):
-    base = config.train.base_weights
-    manifest = read_manifest(base)
-    assert write_tiny_base(load_config("tiny", ["data.toy.stories=4"]), base) == manifest
-    assert config.model.vit.weights == f"{base}/vit.safetensors" and config.model.llm.tokenizer == f"{base}/tokenizer"
-    chosen = load_config("tiny", [f"train.base_weights={base}", "model.vae.weights=/elsewhere/vae"])
-    assert with_base_weights(chosen).model.vae.weights == "/elsewhere/vae"
-    assert with_base_weights(chosen).model.unet.weights == f"{base}/unet"
-
-
-def test_base_weights_for_other_shapes_or_a_missing_folder_are_refused(config, tmp_path):
-    with pytest.raises(BaseWeightsError, match="other model shapes"):
-        write_tiny_base(load_config("tiny", ["model.vit.layers=3"]), config.train.base_weights)
-    unmeasured = read_manifest(config.train.base_weights)
-    unmeasured["model"]["vae"]["scaling_factor"] = 1.0
-    (tmp_path / "unmeasured").mkdir()
-    (tmp_path / "unmeasured" / MANIFEST).write_text(json.dumps(unmeasured))
-    with pytest.raises(BaseWeightsError, match="before the VAE's latent scale was measured"):
-        write_tiny_base(load_config("tiny", ["data.toy.stories=4"]), str(tmp_path / "unmeasured"))
-    with pytest.raises(BaseWeightsError, match="pretrain_bases"):
-        with_base_weights(load_config("tiny", [f"train.base_weights={tmp_path}/none"]))
-    with pytest.raises(BaseWeightsError, match="released checkpoints"):
-        write_tiny_base(load_config("paper"), str(tmp_path))
+def test_the_jobs_recipes_travel_to_workers_that_cannot_import_the_jobs(config, stage3_sources, tmp_path):
+    """Submitted, a job is ``__main__`` and Ray pickles its recipe class by value (registered so here): a
+    process that has only the installed package builds the same trained module from it."""
+    recipes = (DetokenizerPretrain, StoryInstruct, DetokenizerAdapt)
+    jobs = [sys.modules[recipe.__module__] for recipe in recipes]
+    for job in jobs:
+        cloudpickle.register_pickle_by_value(job)
+    try:
+        (tmp_path / "recipes.pkl").write_bytes(cloudpickle.dumps(
+            [(recipe, config, stage3_sources if recipe.SOURCES else {}) for recipe in recipes]))
+    finally:
+        for job in jobs:
+            cloudpickle.unregister_pickle_by_value(job)
+    worker = (
+        "import json, sys\n"
+        "from ray import cloudpickle\n"
+        "recipes = cloudpickle.loads(open('recipes.pkl', 'rb').read())\n"
+        "assert 'jobs' not in sys.modules\n"
+        "built = {r.STAGE: sorted(r(c, s).build().state_dict()) for r, c, s in recipes}\n"
+        "print(json.dumps(built))\n")
+    done = subprocess.run([sys.executable, "-c", worker], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    built = json.loads(done.stdout.splitlines()[-1])
+    for recipe in recipes:
+        sources = stage3_sources if recipe.SOURCES else {}
+        assert built[recipe.STAGE] == sorted(recipe(config, sources).build().state_dict()), recipe.STAGE
 
 
 def test_inputs_are_checked_before_any_worker_starts(config):

@@ -18,15 +18,9 @@ from seedstory.models.dual_encoder import save_tokenizer
 from seedstory.models.mllm import build_llm
 from seedstory.training.base_eval import text_scores, vae_coherence, verdicts
 from seedstory.training.base_weights import tiny_tokenizer
-from seedstory.training.stages.tiny_bases import ClipPretrain, LLMPretrain, VAEPretrain
+from seedstory.training.base_recipes import ClipPretrain, LLMPretrain, VAEPretrain
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
