@@ -24,7 +24,6 @@ stage keeps the ViT and VAE frozen; stage 2 adapts the LLM with LoRA.
 from __future__ import annotations
 
 import json
-from functools import cached_property
 
 import torch
 from diffusers import AutoencoderKL
@@ -118,9 +117,9 @@ class _TokenizerSource(StageRecipe):
     def tokenizer(cls, config: SeedStoryConfig, sources: dict[str, str]) -> PreTrainedTokenizerBase:
         return load_tokenizer(sources["tokenizer"], config.model.image_tokens)
 
-    @cached_property
-    def _tokenizer(self) -> PreTrainedTokenizerBase:
-        return self.tokenizer(self.config, self.sources)
+    def __init__(self, config: SeedStoryConfig, sources: dict[str, str]) -> None:
+        super().__init__(config, sources)
+        self.text_tokenizer = self.tokenizer(config, sources)
 
 
 class ClipPretrain(_TokenizerSource):
@@ -128,13 +127,13 @@ class ClipPretrain(_TokenizerSource):
 
     def build(self) -> nn.Module:
         model = fresh(self.config.model, "vit")
-        return DualEncoder(build_vit(model).train(), TextEncoder(model, len(self._tokenizer))).requires_grad_(True)
+        return DualEncoder(build_vit(model).train(), TextEncoder(model, len(self.text_tokenizer))).requires_grad_(True)
 
     def collate(self) -> NumpyBatchCollateFn:
         return ColumnsCollate(("vit_pixels", "input_ids", "attention_mask"))
 
     def export(self, model: nn.Module, uri: str) -> dict[str, str]:
-        export_dual_encoder(model, self.config.model, uri, self._tokenizer)
+        export_dual_encoder(model, self.config.model, uri, self.text_tokenizer)
         write_export_manifest(uri, "dual_encoder", self.config.model)
         return {"dual_encoder": uri}
 
@@ -152,11 +151,11 @@ class LLMPretrain(_TokenizerSource):
     STAGE = "llm_pretrain"
 
     def build(self) -> nn.Module:
-        llm = build_llm(fresh(self.config.model, "llm"), vocab_size=len(self._tokenizer))
+        llm = build_llm(fresh(self.config.model, "llm"), vocab_size=len(self.text_tokenizer))
         return LLMPretrainModel(llm.train().requires_grad_(True))
 
     def collate(self) -> NumpyBatchCollateFn:
-        return TextCollate(self._tokenizer.pad_token_id)
+        return TextCollate(self.text_tokenizer.pad_token_id)
 
     def export(self, model: nn.Module, uri: str) -> dict[str, str]:
         export_llm(model.llm, uri)

@@ -3,7 +3,9 @@ that feed it, its batches, its export.
 
 A stage's recipe lives with its job (``jobs/<stage>.py``); the tiny preset's base pretraining keeps
 its recipes in ``seedstory.training.base_recipes``. The recipe class itself travels to the workers
-in the loop's spec: a job's own classes are pickled by value, installed ones by reference.
+in the loop's spec: a job's own classes are pickled by value, installed ones by reference. A class
+pickled by value cannot hold a ``functools.cached_property`` (on Python 3.11 its lock does not
+pickle): recipes load what they share between methods in ``__init__``.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def llm_recipe(config, tmp_path_factory):
 
 def test_the_llm_learns_a_story_and_its_export_reloads_as_trained(config, llm_recipe, tmp_path):
     torch.manual_seed(0)
-    tokenizer = llm_recipe._tokenizer
+    tokenizer = llm_recipe.text_tokenizer
     texts = [story_text_ids(tokenizer, toy_story(config.data.toy, index).record.captions, 256) for index in range(2)]
     model = llm_recipe.build()
     before = text_scores(model.llm, texts)
