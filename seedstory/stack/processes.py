@@ -40,26 +40,34 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+# psutil dates a process from the kernel's boot time, a whole second that moves when the wall clock is
+# adjusted: the same process can read a second later in a later command. The command line tells a reused PID.
+START_TIME_SLACK_S = 2.0
+
+
 @dataclass(frozen=True)
 class PidRecord:
     pid: int
     create_time: float
+    command: tuple[str, ...]
 
     def process(self) -> psutil.Process | None:
         """The live process this record names, or None if it has exited (or the PID was reused)."""
         try:
             proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
+            # A script's interpreter comes first in its command line: the spawned command is its end.
+            if (proc.status() == psutil.STATUS_ZOMBIE or abs(proc.create_time() - self.create_time) > START_TIME_SLACK_S
+                    or tuple(proc.cmdline()[-len(self.command):]) != self.command):
                 return None
             return proc
-        except psutil.NoSuchProcess:
+        except psutil.Error:  # gone, or a reused PID of another user's
             return None
 
 
 def read_pidfile(path: Path) -> PidRecord | None:
     try:
         data = json.loads(path.read_text())
-        return PidRecord(int(data["pid"]), float(data["create_time"]))
+        return PidRecord(int(data["pid"]), float(data["create_time"]), tuple(str(arg) for arg in data["command"]))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
 
@@ -72,7 +80,7 @@ def spawn(command: Sequence[str], *, log: Path, pidfile: Path, env: Mapping[str,
             list(command), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=dict(env), cwd=cwd, start_new_session=True,
         )
-    record = PidRecord(proc.pid, psutil.Process(proc.pid).create_time())
+    record = PidRecord(proc.pid, psutil.Process(proc.pid).create_time(), tuple(command))
     pidfile.write_text(json.dumps({"pid": record.pid, "create_time": record.create_time, "command": list(command)}))
     return record
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -15,6 +16,7 @@ from mlflow import MlflowClient
 
 from seedstory.stack import LocalStack, StackError
 from seedstory.stack.local import S3_INTERNAL_PORTS
+from seedstory.stack.processes import read_pidfile, spawn, terminate
 from tests.conftest import free_stack_config
 
 
@@ -138,6 +140,20 @@ def test_object_store_refuses_strangers(s3):
     with pytest.raises(ClientError) as refused:
         _s3_client(s3, secret="not-the-key").get_object(Bucket=s3.bucket, Key="private/secret.txt")
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_a_pid_record_follows_its_process_through_a_clock_step_but_not_to_a_reused_pid(tmp_path):
+    record = spawn([sys.executable, "-c", "import time; time.sleep(60)"], log=tmp_path / "log",
+                   pidfile=tmp_path / "pid", env=os.environ, cwd=tmp_path)
+    try:
+        assert read_pidfile(tmp_path / "pid") == record and record.process() is not None
+        # psutil's start time moves with the kernel's whole-second boot time when the wall clock is adjusted
+        assert replace(record, create_time=record.create_time - 1.0).process() is not None
+        assert replace(record, command=(sys.executable, "-c", "another program")).process() is None
+        assert replace(record, create_time=record.create_time - 60).process() is None
+    finally:
+        terminate(record)
+    assert record.process() is None
 
 
 def test_down_without_up_is_harmless(tmp_path):
