@@ -309,16 +309,6 @@ def validation_set(stage: Stage, config: SeedStoryConfig,
     return val, report
 
 
-class FrameCollate(NumpyBatchCollateFn):
-    """A batch of single frames (stage 1): ``vit_pixels`` [B, 3, Sv, Sv], ``sd_pixels`` [B, 3, S, S] in [-1, 1],
-    ``add_time_ids`` [B, 6]."""
-
-    FIELDS = ("vit_pixels", "sd_pixels", "add_time_ids")
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {name: torch.from_numpy(np.array(batch[name])) for name in self.FIELDS}
-
-
 class WindowCollate(NumpyBatchCollateFn):
     """Pads a batch of windows: ids with ``pad_id``, labels with -100; images are concatenated
     (``[sum of num_images, 3, H, W]``, sample order, each sample's target last) for one ViT pass."""

@@ -81,7 +81,7 @@ def spawn(command: Sequence[str], *, log: Path, pidfile: Path, env: Mapping[str,
             env=dict(env), cwd=cwd, start_new_session=True,
         )
     record = PidRecord(proc.pid, psutil.Process(proc.pid).create_time(), tuple(command))
-    pidfile.write_text(json.dumps({"pid": record.pid, "create_time": record.create_time, "command": list(command)}))
+    pidfile.write_text(json.dumps({"pid": record.pid, "create_time": record.create_time, "command": list(record.command)}))
     return record
 
 
