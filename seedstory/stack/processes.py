@@ -40,15 +40,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-# psutil dates a process from the kernel's boot time, a whole second that moves when the wall clock is
-# adjusted: the same process can read a second later in a later command. The command line tells a reused PID.
-START_TIME_SLACK_S = 2.0
+# Two readings of one process's start can differ by the whole second the kernel's boot time may step
+# between psutil's two reads of it (below); a reused PID differs by far more, and by its command line.
+START_SLACK_S = 1.5
+
+
+def started_after_boot(proc: psutil.Process) -> float:
+    """When ``proc`` started, in seconds after boot. psutil dates a process from the kernel's boot time, which
+    the kernel derives from the wall clock: a clock adjustment moves the date of a running process, not this."""
+    return proc.create_time() - psutil.boot_time()
 
 
 @dataclass(frozen=True)
 class PidRecord:
     pid: int
-    create_time: float
+    started_after_boot: float
     command: tuple[str, ...]
 
     def process(self) -> psutil.Process | None:
@@ -56,7 +62,8 @@ class PidRecord:
         try:
             proc = psutil.Process(self.pid)
             # A script's interpreter comes first in its command line: the spawned command is its end.
-            if (proc.status() == psutil.STATUS_ZOMBIE or abs(proc.create_time() - self.create_time) > START_TIME_SLACK_S
+            if (proc.status() == psutil.STATUS_ZOMBIE
+                    or abs(started_after_boot(proc) - self.started_after_boot) > START_SLACK_S
                     or tuple(proc.cmdline()[-len(self.command):]) != self.command):
                 return None
             return proc
@@ -67,7 +74,7 @@ class PidRecord:
 def read_pidfile(path: Path) -> PidRecord | None:
     try:
         data = json.loads(path.read_text())
-        return PidRecord(int(data["pid"]), float(data["create_time"]), tuple(str(arg) for arg in data["command"]))
+        return PidRecord(int(data["pid"]), float(data["started_after_boot"]), tuple(str(arg) for arg in data["command"]))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
 
@@ -80,8 +87,9 @@ def spawn(command: Sequence[str], *, log: Path, pidfile: Path, env: Mapping[str,
             list(command), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=dict(env), cwd=cwd, start_new_session=True,
         )
-    record = PidRecord(proc.pid, psutil.Process(proc.pid).create_time(), tuple(command))
-    pidfile.write_text(json.dumps({"pid": record.pid, "create_time": record.create_time, "command": list(record.command)}))
+    record = PidRecord(proc.pid, started_after_boot(psutil.Process(proc.pid)), tuple(command))
+    pidfile.write_text(json.dumps({"pid": record.pid, "started_after_boot": record.started_after_boot,
+                                   "command": list(record.command)}))
     return record
 
 

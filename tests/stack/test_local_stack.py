@@ -142,15 +142,19 @@ def test_object_store_refuses_strangers(s3):
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
-def test_a_pid_record_follows_its_process_through_a_clock_step_but_not_to_a_reused_pid(tmp_path):
+def test_a_pid_record_follows_its_process_through_a_clock_step_but_not_to_a_reused_pid(tmp_path, monkeypatch):
     record = spawn([sys.executable, "-c", "import time; time.sleep(60)"], log=tmp_path / "log",
                    pidfile=tmp_path / "pid", env=os.environ, cwd=tmp_path)
     try:
         assert read_pidfile(tmp_path / "pid") == record and record.process() is not None
-        # psutil's start time moves with the kernel's whole-second boot time when the wall clock is adjusted
-        assert replace(record, create_time=record.create_time - 1.0).process() is not None
+        # The wall clock steps 7 s: the kernel's boot time moves with it, and psutil's date of the process too.
+        booted, dated = psutil.boot_time(), psutil.Process(record.pid).create_time()
+        monkeypatch.setattr(psutil._psplatform, "boot_time", lambda: booted + 7)
+        assert psutil.Process(record.pid).create_time() == pytest.approx(dated + 7)
+        assert record.process() is not None
+        monkeypatch.undo()
         assert replace(record, command=(sys.executable, "-c", "another program")).process() is None
-        assert replace(record, create_time=record.create_time - 60).process() is None
+        assert replace(record, started_after_boot=record.started_after_boot - 60).process() is None
     finally:
         terminate(record)
     assert record.process() is None
