@@ -14,6 +14,7 @@ import pytest
 
 from seedstory.config.infra import StackConfig
 from seedstory.stack import LocalStack, free_port
+from seedstory.stack.local import RAY_ON_LOOPBACK
 from seedstory.stack.processes import port_in_use
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray reads the mode when it is imported (the token only when it first connects): the session's
 # stack runs with token authentication, so this process must speak it before anything imports ray.
 os.environ["RAY_AUTH_MODE"] = "token"
+# The stack's Ray listens on loopback only, and Ray reads how to address it at import as well.
+os.environ.update(RAY_ON_LOOPBACK)
 
 
 def free_port_block(count: int) -> int:

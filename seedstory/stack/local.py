@@ -4,10 +4,9 @@ Each service is a daemon this module starts as a session leader and stops by its
 PID. Starting twice is a no-op for whatever is already up; a port held by anything else is
 an error that names the port and the service that wanted it.
 
-Nothing here is reachable from the network: SeaweedFS and MLflow bind loopback only, and
-the S3 gateway refuses requests not signed with the stack's key. Ray's GCS, raylet and
-workers bind every interface whatever ``--node-ip-address`` says, so the head runs with
-Ray's token authentication and a client without the stack's token is refused.
+Nothing here is reachable from the network: every service binds loopback only. The S3
+gateway also refuses requests not signed with the stack's key, and the Ray head runs with
+Ray's token authentication, so a local client without the stack's token is refused too.
 """
 
 from __future__ import annotations
@@ -37,6 +36,12 @@ S3_INTERNAL_PORTS = (
     "master", "volume", "filer", "admin",
     "master gRPC", "volume gRPC", "filer gRPC", "S3 gRPC", "admin gRPC",
 )
+
+# On Linux Ray swaps a loopback node address for the machine's own, and its GCS, raylet and agents then
+# listen on every interface. With its multi-node mode off (the Windows and macOS default) the node keeps
+# 127.0.0.1 and they bind only that. Ray reads it at import, in the head and in every client alike: a
+# client without it looks for the head at the machine's address and cannot reach it.
+RAY_ON_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def _http_ok(url: str, headers: Mapping[str, str] | None = None) -> bool:
@@ -117,6 +122,7 @@ class LocalStack:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.secrets.ray_token,
             "RAY_USAGE_STATS_ENABLED": "0",
+            **RAY_ON_LOOPBACK,
             "SEEDSTORY_BUCKET": self.bucket,
         }
 

@@ -32,6 +32,11 @@ def _listening(pids: set[int]) -> dict[int, list[str]]:
     return out
 
 
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback  # Ray's gRPC: ::ffff:127.0.0.1
+
+
 def _tree(pid: int) -> set[int]:
     proc = psutil.Process(pid)
     return {pid, *(p.pid for p in proc.children(recursive=True))}
@@ -63,11 +68,11 @@ def test_up_status_up_down_leaves_nothing(tmp_path):
         trees = {name: _tree(pid) for name, pid in pids.items()}
         tree = set().union(*trees.values())
 
-        # Object store and MLflow listen on loopback only.
-        for name in ("s3", "mlflow"):
+        # Every service, Ray's GCS, raylet, agents and workers included, listens on loopback only.
+        for name in ("s3", "mlflow", "ray"):
             addresses = [ip for ips in _listening(trees[name]).values() for ip in ips]
-            assert addresses and all(ipaddress.ip_address(ip).is_loopback for ip in addresses), (name, addresses)
-        # Ray binds every interface, so it must refuse whoever lacks the stack's token.
+            assert addresses and all(_loopback(ip) for ip in addresses), (name, addresses)
+        # And Ray refuses a local client without the stack's token.
         assert _status_code(f"{stack.ray_dashboard_url}/api/jobs/") == 401
         assert _status_code(f"{stack.ray_dashboard_url}/api/jobs/", stack.ray_auth_headers) == 200
         without_token = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
