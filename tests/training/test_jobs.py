@@ -27,6 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from peft import PeftModel
+from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
@@ -258,12 +259,14 @@ def test_a_stage_job_stopped_mid_run_and_resubmitted_with_its_run_name_resumes(r
     overrides = [*overrides, f"train.run_name={run_name}", f"train.{stage}.checkpoint_every=2",
                  f"train.{stage}.registered_model=test-resubmitted-{run_name}"]
     config = load_config("tiny", overrides)
-    checkpoint = storage.join(config.storage.uri("runs"), f"{run_name}-{stage}", "step-00000004")
-    fs, path = storage.filesystem_for(checkpoint)
+    # Ray Train resumes from the checkpoints its snapshot lists, written after the folder is uploaded:
+    # stop the job only once step 4 is listed there, not when its folder appears.
+    snapshot = storage.join(config.storage.uri("runs"), f"{run_name}-{stage}", CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
+    fs, path = storage.filesystem_for(snapshot)
     first, _ = _submit(ray_head, stage, overrides, cache, wait=False)
     deadline = time.monotonic() + 300
-    while not fs.exists(path):
-        assert time.monotonic() < deadline, f"no checkpoint at {checkpoint}"
+    while not (fs.exists(path) and "step-00000004" in fs.cat_file(path).decode()):
+        assert time.monotonic() < deadline, f"step 4 never listed in {snapshot}"
         time.sleep(1)
         fs.invalidate_cache()
     stopped = subprocess.run([RAY, "job", "stop", "--address", ray_head.ray_dashboard_url, first],
