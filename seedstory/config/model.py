@@ -201,6 +201,11 @@ class LossConfig(Section):
     image_cosine: float = Field(1.0, ge=0)
     diffusion_mse: float = Field(1.0, ge=0)
     condition_dropout: float = Field(0.0, ge=0, lt=1)
+    snr_gamma: float | None = Field(
+        None, gt=0, description="stages 1 and 3: Min-SNR-gamma weighting of the diffusion MSE (each timestep's "
+        "weight min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v-prediction), which stops the nearly clean "
+        "timesteps from dominating the gradient; null: the plain MSE SD-XL trains with",
+    )
     vae_kl: float = Field(
         1e-6, ge=0, description="weight of the KL term in VAE pretraining (reconstruction error + vae_kl * KL, "
         "both summed per image as SD's VAE weighs them)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers.training_utils import compute_snr
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
@@ -138,11 +139,13 @@ class Detokenizer(nn.Module):
         hidden, pooled = self.conditions(features)
         time_ids = self.time_ids(batch, device) if time_ids is None else time_ids
         prediction = self._predict(noisy, timesteps, hidden, pooled, time_ids)
-        if self.scheduler.config.prediction_type == "epsilon":
-            target = noise
-        else:
-            target = self.scheduler.get_velocity(latents, noise, timesteps)
-        return diffusion_mse_loss(prediction, target)
+        epsilon = self.scheduler.config.prediction_type == "epsilon"
+        target = noise if epsilon else self.scheduler.get_velocity(latents, noise, timesteps)
+        weights = None
+        if self.config.loss.snr_gamma is not None:
+            snr = compute_snr(self.scheduler, timesteps)
+            weights = snr.clamp(max=self.config.loss.snr_gamma) / (snr if epsilon else snr + 1)
+        return diffusion_mse_loss(prediction, target, weights)
 
     def _vae(self) -> AutoencoderKL:
         if self.vae is None:

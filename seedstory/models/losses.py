@@ -15,8 +15,13 @@ def cosine_regression_loss(regressed: torch.Tensor, target: torch.Tensor) -> tor
     return (1 - F.cosine_similarity(regressed.float(), target.detach().float(), dim=-1)).mean()
 
 
-def diffusion_mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(prediction.float(), target.float())
+def diffusion_mse_loss(prediction: torch.Tensor, target: torch.Tensor,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error; ``weights`` [B] weigh each sample's mean error (a timestep weighting)."""
+    if weights is None:
+        return F.mse_loss(prediction.float(), target.float())
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=tuple(range(1, prediction.dim())))
+    return (weights.float() * per_sample).mean()
 
 
 def weighted_total(terms: dict[str, torch.Tensor | None], weights: LossConfig) -> torch.Tensor:

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from seedstory.models.detokenizer import build_detokenizer, latent_scaling_factor
+from seedstory.models.detokenizer import build_detokenizer, latent_scaling_factor, noise_scheduler
 from seedstory.models.export import export_vae
 from seedstory.models.weights import WeightsError
 
@@ -82,3 +82,37 @@ def test_the_vae_scaling_factor_comes_with_its_weights_unless_the_config_sets_it
     disagreeing = stored.model_copy(update={"vae": stored.vae.model_copy(update={"scaling_factor": 0.13025})})
     with pytest.raises(WeightsError, match=r"scaling_factor=0.37 \(preset: 0.13025\)"):
         build_detokenizer(disagreeing)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weighs_each_sample_by_its_timesteps_snr(detokenizer, tiny, prediction_type):
+    config = tiny.model_copy(update={"loss": tiny.loss.model_copy(update={"snr_gamma": 5.0}),
+                                     "scheduler": tiny.scheduler.model_copy(update={"prediction_type": prediction_type})})
+    weighted = copy.copy(detokenizer)
+    weighted.config, weighted.scheduler = config, noise_scheduler(config)
+    plain = copy.copy(weighted)
+    plain.config = tiny.model_copy(update={"scheduler": config.scheduler})
+    latents = torch.randn(16, tiny.vae.latent_channels, tiny.unet.sample_size, tiny.unet.sample_size,
+                          generator=torch.Generator().manual_seed(2))
+    conditions = features(tiny, batch=16)
+
+    with torch.no_grad():
+        loss = weighted.denoising_loss(latents, conditions, generator=torch.Generator().manual_seed(3))
+        unweighted = plain.denoising_loss(latents, conditions, generator=torch.Generator().manual_seed(3))
+        # The same draws by hand: noise, then timesteps.
+        draws = torch.Generator().manual_seed(3)
+        noise = torch.randn(latents.shape, generator=draws)
+        timesteps = torch.randint(0, 1000, (16,), generator=draws)
+        prediction = weighted._predict(weighted.scheduler.add_noise(latents, noise, timesteps), timesteps,
+                                       *weighted.conditions(conditions), weighted.time_ids(16))
+    alpha_bar = weighted.scheduler.alphas_cumprod[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    if prediction_type == "epsilon":
+        target, weights = noise, snr.clamp(max=5.0) / snr
+    else:
+        signal, sigma = alpha_bar.sqrt().view(-1, 1, 1, 1), (1 - alpha_bar).sqrt().view(-1, 1, 1, 1)
+        target, weights = signal * noise - sigma * latents, snr.clamp(max=5.0) / (snr + 1)
+    per_sample = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
+    assert (weights < 1).any() and (snr < 5).any()
+    assert loss.item() == pytest.approx((weights * per_sample).mean().item(), rel=1e-5)
+    assert unweighted.item() == pytest.approx(per_sample.mean().item(), rel=1e-5)
