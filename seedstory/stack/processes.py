@@ -70,6 +70,14 @@ class PidRecord:
         except psutil.Error:  # gone, or a reused PID of another user's
             return None
 
+    def exited(self) -> bool:
+        """Whether the process ``spawn`` just started has ended (gone, or a zombie not yet reaped). Only for
+        that start-up: the unreaped child's PID cannot be reused, so no identity check can misread it."""
+        try:
+            return psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
 
 def read_pidfile(path: Path) -> PidRecord | None:
     try:
@@ -130,7 +138,7 @@ def wait_until(check, *, timeout_s: float, what: str, log: Path | None = None, r
     while time.monotonic() < deadline:
         if check():
             return
-        if record is not None and record.process() is None:
+        if record is not None and record.exited():
             raise StackError(f"{what} exited during start-up; see {log}:\n{_tail(log)}")
         time.sleep(0.25)
     raise StackError(f"{what} was not ready after {timeout_s:.0f}s; see {log}:\n{_tail(log)}")

@@ -42,6 +42,19 @@ def replicas() -> dict[str, dict[str, str]]:
     return placed
 
 
+def settled_replicas(timeout_s: float = 120.0) -> dict[str, dict[str, str]]:
+    """``replicas()`` once the writer and both painters are alive: Serve replaces a replica lost with its node
+    in the background, and one that comes up later would read as a change in the actor table."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        placed = replicas()
+        if len(placed.get("writer", {})) == 1 and len(placed.get("painter", {})) == 2:
+            return placed
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the replicas never settled at one writer and two painters: {placed}")
+        time.sleep(1)
+
+
 def brief(events: list[dict]) -> list[dict]:
     return [{k: v for k, v in e.items() if k in ("type", "index", "message", "status")} for e in events]
 
@@ -102,7 +115,7 @@ def restart_the_gcs_under_stories(cluster: Cluster, port: int) -> dict:
     """Kill the head's GCS at a story's first text, tell a whole story while it is down, restart it and
     tell one more; the replicas' actor ids before and after show whether the GCS came back with its
     tables or started empty."""
-    before = replicas()
+    before = settled_replicas()
     killed: list[float] = []
 
     def kill_the_gcs(event: dict) -> None:

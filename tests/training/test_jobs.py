@@ -256,7 +256,10 @@ def test_stage3_export_is_the_trained_unet_and_beats_the_stage1_detokenizer(chai
 def test_a_stage_job_stopped_mid_run_and_resubmitted_with_its_run_name_resumes(ray_head, world, chain):
     overrides, cache = world
     stage, run_name = "detokenizer_pretrain", f"resubmitted-{uuid.uuid4().hex[:6]}"
-    overrides = [*overrides, f"train.run_name={run_name}", f"train.{stage}.checkpoint_every=2",
+    # Ray Train lists a checkpoint some steps after its folder lands: steps enough that the stop comes mid-run.
+    steps = 2 * STEPS
+    overrides = [*overrides, f"train.run_name={run_name}", f"train.{stage}.max_steps={steps}",
+                 f"train.{stage}.checkpoint_every=2",
                  f"train.{stage}.registered_model=test-resubmitted-{run_name}"]
     config = load_config("tiny", overrides)
     # Ray Train resumes from the checkpoints its snapshot lists, written after the folder is uploaded:
@@ -278,7 +281,7 @@ def test_a_stage_job_stopped_mid_run_and_resubmitted_with_its_run_name_resumes(r
 
     _, log = _submit(ray_head, stage, overrides, cache)
     resumed_at = int(log.split("resumed from ")[1].split(" at step ")[1].split()[0])
-    assert 4 <= resumed_at < STEPS, resumed_at
+    assert 4 <= resumed_at < steps, resumed_at
     version = MlflowClient().get_model_version_by_alias(config.train.detokenizer_pretrain.registered_model, "candidate")
     history = MlflowClient().get_metric_history(version.run_id, "loss")
-    assert sorted(m.step for m in history) == list(range(resumed_at + 1, STEPS + 1)), "only the steps left are trained"
+    assert sorted(m.step for m in history) == list(range(resumed_at + 1, steps + 1)), "only the steps left are trained"
