@@ -67,7 +67,7 @@ class PidRecord:
                     or tuple(proc.cmdline()[-len(self.command):]) != self.command):
                 return None
             return proc
-        except psutil.Error:  # gone, or a reused PID of another user's
+        except (psutil.NoSuchProcess, psutil.AccessDenied):  # gone, or a reused PID of another user's
             return None
 
     def exited(self) -> bool:
