@@ -60,6 +60,12 @@ class DataConfig(Section):
         8, ge=1, description="stories fetched, decoded and cut together (one map batch); their samples are "
         "interleaved at random, so a training micro-batch mixes up to this many stories",
     )
+    stream_object_store_fraction: float = Field(
+        0.25, gt=0, le=1, description="the share of the cluster's object store that a story stage's decoded "
+        "samples may fill ahead of training, all workers together; each worker's stream runs as a chain of Ray "
+        "Data executions that fit in its part (a stream that outgrows it keeps Ray Data's scheduler polling in "
+        "a busy loop that takes CPU from training)",
+    )
     toy: ToyWorldConfig = Field(default_factory=ToyWorldConfig)
 
     @model_validator(mode="after")

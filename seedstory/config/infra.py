@@ -51,6 +51,6 @@ class StackConfig(Section):
     ray_dashboard_port: int = Field(8265, ge=1, le=65535)
     ray_client_port: int = Field(10001, ge=1, le=65535)
     ray_agent_port: int = Field(52365, ge=1, le=65535)
-    ray_object_store_mb: int = Field(1024, ge=78)
+    ray_object_store_mb: int = Field(2048, ge=78)
     ray_num_cpus: int | None = Field(None, ge=1)
     start_timeout_s: float = Field(90.0, gt=0)

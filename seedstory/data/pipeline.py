@@ -40,6 +40,7 @@ from seedstory.config import SeedStoryConfig
 from seedstory.config.data import DataConfig
 from seedstory.data.badrecords import BadRecord, BadRecordError, BadRecordLedger, FailureBudgetExceeded
 from seedstory.data.layout import IGNORE_INDEX
+from seedstory.data.pixels import pixel_bytes
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.stories import Story
 from seedstory.data.story_sets import Split, StorySet, split_stories
@@ -119,6 +120,10 @@ class SampleCut(ABC):
     def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
         """The story's samples for pass ``pass_index``."""
 
+    @abstractmethod
+    def story_bytes(self, frames: int) -> int:
+        """At most what the samples of a story of ``frames`` frames hold in the object store, in any pass."""
+
 
 class FrameCut(SampleCut):
     """Stage 1: one sample per frame."""
@@ -131,6 +136,9 @@ class FrameCut(SampleCut):
     def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
         for index, sample in enumerate(stage1_samples(story.images, self.vit_size, self.sd_size)):
             yield {"key": story.key, "frame": index, **sample}
+
+    def story_bytes(self, frames: int) -> int:
+        return frames * (pixel_bytes(self.vit_size) + pixel_bytes(self.sd_size) + 64)
 
 
 class WindowCut(SampleCut):
@@ -148,6 +156,13 @@ class WindowCut(SampleCut):
 
     def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
         yield from self.sampler.samples(story.key, story.captions, story.images, pass_index)
+
+    def story_bytes(self, frames: int) -> int:
+        s = self.sampler
+        tokens = s.max_length * (2 * np.dtype(np.int64).itemsize + 1)  # input_ids, labels, image_mask
+        target = pixel_bytes(s.sd_size) + 64 if s.sd_size is not None else 0
+        window = min(frames, s.window_frames) * pixel_bytes(s.vit_size) + tokens + target
+        return window_count(frames, s.window_frames, s.min_context) * window
 
 
 class StorySamples:

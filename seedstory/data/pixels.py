@@ -55,6 +55,11 @@ def _prepared(image: Image.Image, size: int, form: str) -> Image.Image:
     return image
 
 
+def pixel_bytes(size: int) -> int:
+    """What one picture of ``vit_pixels`` or ``sd_target`` at ``size`` holds."""
+    return 3 * size * size * np.dtype(np.float32).itemsize
+
+
 def vit_pixels(frame: Frame, size: int) -> np.ndarray:
     """[3, size, size] float32, resized (``vit_resize``) and CLIP-normalised."""
     resized = _prepared(frame.vit, size, "ViT") if isinstance(frame, PreparedFrame) else vit_resize(frame, size)

@@ -13,7 +13,10 @@ its stories ``data.preprocess_batch_size`` at a time (a group), with the group's
 interleaved at random, and a sample's position is (pass, group, index in the group). That
 interleaving is the shuffle: one story yields up to 30 frames or windows, and a micro-batch is
 drawn from a whole group of stories. A local shuffle buffer would mix more widely, but its
-contents at a checkpoint are not a position a stream can restart from.
+contents at a checkpoint are not a position a stream can restart from. A worker's stream is a
+chain of executions of ``groups`` groups each (``groups_per_execution``), one after another, each
+small enough to be decoded ahead of training into the object store; an execution's last partial
+micro-batch is dropped.
 
 ``EpochStream`` (the tiny bases, whose data fits in the object store): the materialised dataset
 split equally, re-read every pass through a local shuffle buffer seeded by (seed, pass, rank);
@@ -22,8 +25,10 @@ a resumed pass re-reads the object store up to its position, decoding nothing.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,7 +38,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
-from seedstory.data.pipeline import (POSITION_COLUMNS, DataReport, SampleCut, Stage, groups_of, new_ledger,
+from seedstory.data.pipeline import (POSITION_COLUMNS, DataReport, Group, SampleCut, Stage, groups_of, new_ledger,
                                      passes_for, stage_cut, story_samples)
 from seedstory.data.story_sets import StorySet, split_stories
 
@@ -63,13 +68,13 @@ class PositionCollate(NumpyBatchCollateFn):
 
 @dataclass
 class StoryStream(TrainStream):
-    """A training split's samples for one stage, ``passes`` passes per Ray Data execution."""
+    """A training split's samples for one stage, ``groups`` groups per Ray Data execution."""
 
     stories: StorySet
     config: SeedStoryConfig
     cut: SampleCut
     ledger: ray.actor.ActorHandle
-    passes: int
+    groups: int
     reserved_cpus: float = 0.0
 
     def dealt(self, rank: int, world: int, pass_index: int) -> list[int]:
@@ -77,34 +82,82 @@ class StoryStream(TrainStream):
         order = np.random.default_rng([self.config.data.seed, pass_index]).permutation(len(self.stories))
         return order[rank::world].tolist()
 
-    def dataset(self, rank: int, world: int, start: Position) -> ray.data.Dataset:
-        """Rank ``rank``'s samples from ``start`` to the end of the execution's last pass."""
+    def schedule(self, rank: int, world: int, start: Position) -> list[Group]:
+        """Rank ``rank``'s next ``groups`` groups from ``start`` on, across passes (the first one without
+        the samples before ``start``)."""
         first, group, index = start.get("pass", 0), start.get("group", 0), start.get("index", 0)
-        end = (first // self.passes + 1) * self.passes
-        size = self.config.data.preprocess_batch_size
-        groups = [g for p in range(first, end) for g in groups_of(self.dealt(rank, world, p), p, size)
-                  if p > first or g.group >= group]
-        if groups and (groups[0].pass_index, groups[0].group) == (first, group):
-            groups[0] = replace(groups[0], skip=index)
-        return story_samples(self.stories, self.config.data, groups, self.cut, self.ledger, self.config.data.seed,
-                             self.reserved_cpus, pools=world)
+        scheduled: list[Group] = []
+        pass_index = first
+        while len(scheduled) < self.groups:
+            dealt = groups_of(self.dealt(rank, world, pass_index), pass_index, self.config.data.preprocess_batch_size)
+            if not dealt:
+                raise RuntimeError(f"rank {rank} is dealt no story of {self.stories.describe()} "
+                                   f"({len(self.stories)} stories for {world} workers)")
+            scheduled += [g for g in dealt if pass_index > first or g.group >= group]
+            pass_index += 1
+        scheduled = scheduled[:self.groups]
+        if (scheduled[0].pass_index, scheduled[0].group) == (first, group):
+            scheduled[0] = replace(scheduled[0], skip=index)
+        return scheduled
+
+    def dataset(self, rank: int, world: int, start: Position) -> ray.data.Dataset:
+        """One execution: the samples of rank ``rank``'s next ``groups`` groups from ``start`` on."""
+        return self._samples(self.schedule(rank, world, start), world)
 
     def batches(self, rank: int, world: int, batch_size: int, collate: NumpyBatchCollateFn,
                 start: Position) -> Iterator[tuple[Batch, Position]]:
-        position = dict(start)
-        while True:
-            first = (position.get("pass", 0) % self.passes, position.get("group", 0), position.get("index", 0))
-            delivered = 0
-            for batch in self.dataset(rank, world, position).iter_torch_batches(
-                    batch_size=batch_size, collate_fn=PositionCollate(collate), drop_last=True):
-                pass_index, group, index = batch.pop(POSITION).tolist()
-                position = {"pass": pass_index, "group": group, "index": index + 1}
-                delivered += 1
-                yield batch, position
-            if delivered == 0 and first == (0, 0, 0):  # a resumed execution may have no full batch left
-                raise RuntimeError(f"rank {rank}'s share of the training data yields no batch of {batch_size} in "
-                                   f"{self.passes} passes: the split is empty or too small for {world} workers")
-            position = {"pass": (position.get("pass", 0) // self.passes + 1) * self.passes}  # the next execution
+        with ThreadPoolExecutor(1, thread_name_prefix="next-execution") as starter:
+            def execution(position: Position) -> Execution:
+                scheduled = self.schedule(rank, world, position)
+                batches = self._samples(scheduled, world).iter_torch_batches(
+                    batch_size=batch_size, collate_fn=PositionCollate(collate), drop_last=True)
+                return Execution(scheduled, batches, starter)
+
+            current, upcoming = None, execution(start)
+            try:
+                while True:
+                    current, last = upcoming, upcoming.scheduled[-1]
+                    upcoming = execution({"pass": last.pass_index, "group": last.group + 1})
+                    delivered = 0
+                    for batch in current:
+                        pass_index, group, index = batch.pop(POSITION).tolist()
+                        delivered += 1
+                        yield batch, {"pass": pass_index, "group": group, "index": index + 1}
+                    if delivered == 0 and current.scheduled[0].skip == 0:  # a resumed one may have no full batch left
+                        raise RuntimeError(
+                            f"rank {rank}'s next {len(current.scheduled)} groups of {self.stories.describe()} yield no "
+                            f"batch of {batch_size}: the split is too small for {world} workers, or "
+                            f"data.stream_object_store_fraction too small for a batch")
+            finally:
+                for started in (current, upcoming):
+                    if started is not None:
+                        started.close()
+
+    def _samples(self, scheduled: list[Group], world: int) -> ray.data.Dataset:
+        return story_samples(self.stories, self.config.data, scheduled, self.cut, self.ledger, self.config.data.seed,
+                             self.reserved_cpus, pools=2 * world)
+
+
+class Execution:
+    """One Ray Data execution of a stream, started while the one before it is read: a thread takes its
+    first batch, so its decoding actor starts and it decodes ahead (~4 s a boundary here otherwise)."""
+
+    def __init__(self, scheduled: list[Group], batches: Iterator[Batch], starter: ThreadPoolExecutor) -> None:
+        self.scheduled = scheduled
+        self._batches = iter(batches)
+        self._first = starter.submit(next, self._batches, None)
+
+    def __iter__(self) -> Iterator[Batch]:
+        first = self._first.result()
+        if first is not None:
+            yield first
+            yield from self._batches
+
+    def close(self) -> None:
+        """Stops the execution where it is (after the first batch, if that is being taken)."""
+        if not self._first.cancel():
+            self._first.exception()  # waits without raising: the stream is being left anyway
+        self._batches.close()
 
 
 @dataclass
@@ -133,14 +186,25 @@ class EpochStream(TrainStream):
             pass_index, skip = pass_index + 1, 0
 
 
+def groups_per_execution(stage: Stage, config: SeedStoryConfig, stories: StorySet, cut: SampleCut) -> int:
+    """Groups per Ray Data execution of a worker's stream: all that ``max_steps`` needs (``passes_for``),
+    unless they outgrow the worker's part of ``data.stream_object_store_fraction`` of the cluster's
+    object store. An execution that fits decodes ahead of training and ends; one that does not keeps
+    finished blocks waiting for room, and Ray Data's scheduler (2.60) polls those in a busy loop."""
+    world = getattr(config.train, stage).num_workers
+    per_pass = math.ceil(len(stories) / world / config.data.preprocess_batch_size)  # a worker's groups per pass
+    group_bytes = sum(cut.story_bytes(stories.frames(i)) for i in range(len(stories))) / world / per_pass
+    executions = 2 * world  # each worker reads one while the next decodes (``Execution``)
+    share = ray.cluster_resources().get("object_store_memory", 0.0) * config.data.stream_object_store_fraction / executions
+    return max(1, min(passes_for(stage, config, stories) * per_pass, int(share // max(group_bytes, 1.0))))
+
+
 def stage_stream(stage: Stage, config: SeedStoryConfig,
                  tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[StoryStream, DataReport]:
-    """The training split as a stream for ``stage``: each Ray Data execution holds the passes ``max_steps``
-    needs (one spare), so a run reads one unless a worker's share runs short."""
+    """The training split as a stream for ``stage``, ``groups_per_execution`` groups per Ray Data execution."""
     stories = split_stories(config, "train")
     settings = getattr(config.train, stage)
-    ledger = new_ledger(stories, config.data)
-    stream = StoryStream(stories, config, stage_cut(stage, config, tokenizer), ledger,
-                         passes=passes_for(stage, config, stories),
+    cut, ledger = stage_cut(stage, config, tokenizer), new_ledger(stories, config.data)
+    stream = StoryStream(stories, config, cut, ledger, groups=groups_per_execution(stage, config, stories, cut),
                          reserved_cpus=settings.num_workers * settings.cpus_per_worker)
     return stream, DataReport(ledger)

@@ -20,9 +20,9 @@ from seedstory.data.layout import IGNORE_INDEX
 from seedstory.data.badrecords import FailureBudgetExceeded
 from seedstory.data.pipeline import (FrameCut, StoryLedger, StorySamples, WindowCollate, decode_pool, groups_of,
                                      passes_for, samples_per_pass, stage_cut, stage_dataset, validation_set)
-from seedstory.data.streams import stage_stream
+from seedstory.data.streams import groups_per_execution, stage_stream
 from seedstory.data.sources import StoryLine
-from seedstory.data.story_sets import ReleasedStories
+from seedstory.data.story_sets import ReleasedStories, split_stories
 from seedstory.data.toyworld.generate import toy_story, write_toy_world
 from seedstory.data.windows import story_windows, window_count
 from seedstory.storage import write_bytes
@@ -92,6 +92,12 @@ def _two_passes(stream, collate) -> list[list[tuple]]:
     return batches
 
 
+def _pass_groups(stream, passes: int) -> int:
+    """Groups enough for ``passes`` whole passes of either of 2 workers in one execution."""
+    return passes * max(len(groups_of(stream.dealt(rank, 2, 0), 0, stream.config.data.preprocess_batch_size))
+                        for rank in (0, 1))
+
+
 def _consume(train_config: dict) -> None:
     """Stage-2 windows, then stage-1 frames, as each worker's stream gives them."""
     seen = {"windows": _two_passes(train_config["windows"], train_config["window_collate"]),
@@ -111,7 +117,8 @@ def consumed(toy, ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("consumed")
     trainer = TorchTrainer(
         _consume,
-        train_loop_config={"windows": replace(windows, passes=2), "frames": replace(frames, passes=2),
+        train_loop_config={"windows": replace(windows, groups=_pass_groups(windows, 2)),
+                           "frames": replace(frames, groups=_pass_groups(frames, 2)),
                            "window_collate": WindowsWithIds(image_token_ids(tokenizer, 16).pad), "out": str(out)},
         scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 0.5}),
         run_config=RunConfig(name="data-pipeline-test", storage_path=str(out / "runs")),
@@ -165,12 +172,14 @@ def test_a_stream_started_mid_group_reads_exactly_the_rest_and_fetches_nothing_b
     config, _, tokenizer = toy
     stream, _ = stage_stream("story_instruct", config, tokenizer)
     columns = ("pass", "group", "index", "key", "start", "num_images")
-    whole = [tuple(row[c] for c in columns) for row in replace(stream, passes=1).dataset(1, 2, {}).take_all()]
+    one_pass = len(groups_of(stream.dealt(1, 2, 0), 0, config.data.preprocess_batch_size))
+    whole = [tuple(row[c] for c in columns) for row in replace(stream, groups=one_pass).dataset(1, 2, {}).take_all()]
     cut = next(i for i, row in enumerate(whole) if row[1] > 0 and row[2] > 0)
     pass_index, group, index = whole[cut][:3]
     fresh, report = stage_stream("story_instruct", config, tokenizer)
     start = {"pass": pass_index, "group": group, "index": index}
-    rest = [tuple(row[c] for c in columns) for row in replace(fresh, passes=1).dataset(1, 2, start).take_all()]
+    rest = [tuple(row[c] for c in columns)
+            for row in replace(fresh, groups=one_pass - group).dataset(1, 2, start).take_all()]
     assert rest == whole[cut:]
     stories = [g.stories for g in groups_of(stream.dealt(1, 2, 0), 0, config.data.preprocess_batch_size)]
     assert report.metrics()["data/stories"] == sum(len(s) for s in stories[group:]) < len(stream.dealt(1, 2, 0))
@@ -179,10 +188,66 @@ def test_a_stream_started_mid_group_reads_exactly_the_rest_and_fetches_nothing_b
 def test_a_stream_resumed_after_its_last_full_batch_goes_on_with_the_next_pass(toy, ray_cluster):
     config = toy[0]
     stream, _ = stage_stream("detokenizer_pretrain", config)
-    stream = replace(stream, passes=1)
     last = len(groups_of(stream.dealt(0, 2, 0), 0, config.data.preprocess_batch_size)) - 1
     batch, position = next(stream.batches(0, 2, 4, FrameIds(), {"pass": 0, "group": last, "index": 10_000}))
     assert position["pass"] == 1 and {p for _, _, p in zip(*(batch[n].tolist() for n in FrameIds.ids))} == {1}
+
+
+def test_a_stream_chained_over_one_group_executions_reads_each_groups_samples_in_order(toy, ray_cluster):
+    """The samples of one execution per group are those of one long execution, less each group's last
+    partial micro-batch, and every position names the sample after the batch."""
+    config = toy[0]
+    stream, _ = stage_stream("detokenizer_pretrain", config)
+    per_pass = len(groups_of(stream.dealt(0, 2, 0), 0, config.data.preprocess_batch_size))
+    rows = replace(stream, groups=per_pass).dataset(0, 2, {}).take_all()
+    expected = []
+    for _, group in itertools.groupby(rows, key=lambda row: (row["pass"], row["group"])):
+        group = [(int(row["key"]), row["frame"], row["group"], row["index"]) for row in group]
+        expected += group[:len(group) // 4 * 4]
+    chained = []
+    for batch, position in replace(stream, groups=1).batches(0, 2, 4, FrameIds(), {}):
+        if position["pass"] > 0:
+            break
+        chained += [(key, frame) for key, frame, _ in zip(*(batch[name].tolist() for name in FrameIds.ids))]
+        last = expected[len(chained) - 1]
+        assert (position["group"], position["index"]) == (last[2], last[3] + 1)
+    assert chained == [(key, frame) for key, frame, _, _ in expected] and len(chained) > 4
+
+
+def test_a_cuts_story_bytes_bound_the_samples_it_makes(toy, ray_cluster):
+    config, _, tokenizer = toy
+    frames = _frames(config)
+    for stage in ("detokenizer_pretrain", "story_instruct", "detokenizer_adapt"):
+        cut = stage_cut(stage, config, tokenizer)
+        dataset, _ = stage_dataset(stage, config, "train", tokenizer=tokenizer)
+        made = Counter()
+        for row in dataset.take_all():
+            made[row["key"]] += sum(np.asarray(value).nbytes for name, value in row.items() if name != "key")
+        for key, nbytes in made.items():
+            bound = cut.story_bytes(frames[int(key)])
+            assert nbytes <= bound, (stage, key)
+            if stage == "detokenizer_pretrain":
+                assert bound <= 1.02 * nbytes, key
+
+
+def test_an_execution_holds_as_many_groups_as_fit_in_the_workers_share_of_the_object_store(toy, ray_cluster):
+    config = toy[0]
+    stories = split_stories(config, "train")
+    cut = stage_cut("detokenizer_pretrain", config)
+    world = config.train.detokenizer_pretrain.num_workers
+    per_pass = -(-len(stories) // (world * config.data.preprocess_batch_size))
+    group_bytes = sum(cut.story_bytes(stories.frames(i)) for i in range(len(stories))) / world / per_pass
+    store = ray.cluster_resources()["object_store_memory"]
+
+    def groups(fraction: float) -> int:
+        sized = config.model_copy(deep=True)
+        sized.data.stream_object_store_fraction = fraction
+        return groups_per_execution("detokenizer_pretrain", sized, stories, cut)
+
+    executions = 2 * world  # each worker's stream holds the execution it reads and the next one
+    assert groups(2.5 * group_bytes * executions / store) == 2
+    assert groups(0.1 * group_bytes * executions / store) == 1
+    assert groups(1.0) == passes_for("detokenizer_pretrain", config, stories) * per_pass
 
 
 def test_stage1_and_stage3_samples_have_model_shapes(toy, ray_cluster):
