@@ -217,7 +217,7 @@ def test_a_stream_chained_over_one_group_executions_reads_each_groups_samples_in
 def test_a_cuts_story_bytes_bound_the_samples_it_makes(toy, ray_cluster):
     config, _, tokenizer = toy
     frames = _frames(config)
-    for stage in ("detokenizer_pretrain", "story_instruct", "detokenizer_adapt"):
+    for stage in ("detokenizer_pretrain", "detokenizer_adapt"):  # frames; windows with their target
         cut = stage_cut(stage, config, tokenizer)
         dataset, _ = stage_dataset(stage, config, "train", tokenizer=tokenizer)
         made = Counter()
