@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
 from seedstory.data.pipeline import DataReport, SampleCut, groups_of, new_ledger, story_samples
-from seedstory.data.pixels import pixel_bytes, sd_target, vit_pixels
+from seedstory.data.pixels import sd_target, vit_pixels
 from seedstory.data.stories import Story
 from seedstory.data.story_sets import Split, split_stories
 from seedstory.models.dual_encoder import require_text_tower
@@ -53,10 +53,6 @@ class FrameTextCut(SampleCut):
             ids, mask = caption_ids(self.tokenizer, caption, self.max_length)
             yield {"key": story.key, "frame": index, "caption": caption, "vit_pixels": vit_pixels(image, self.vit_size),
                    "sd_pixels": sd_target(image, self.sd_size)[0], "input_ids": ids, "attention_mask": mask}
-
-    def story_bytes(self, frames: int) -> int:
-        caption = 2 * self.max_length * np.dtype(np.int64).itemsize + 4 * self.max_length  # ids, mask, text
-        return frames * (pixel_bytes(self.vit_size) + pixel_bytes(self.sd_size) + caption + 64)
 
 
 def frame_text_dataset(config: SeedStoryConfig, split: Split,

@@ -52,6 +52,7 @@ Stage = Literal["detokenizer_pretrain", "story_instruct", "detokenizer_adapt"]
 FRAME_COLUMNS = ("vit_pixels", "sd_pixels", "add_time_ids", "key", "frame")
 WINDOW_COLUMNS = ("key", "start", "num_images", "input_ids", "labels", "image_mask", "vit_pixels")
 POSITION_COLUMNS = ("pass", "group", "index")
+ROW_BYTES = 64  # a sample's bound beyond its arrays: key, frame or start, SD time ids, position
 
 
 class StoryLedger:
@@ -120,12 +121,16 @@ class SampleCut(ABC):
     def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
         """The story's samples for pass ``pass_index``."""
 
+
+class StageCut(SampleCut):
+    """A training stage's cut, which a stream sizes its Ray Data executions by."""
+
     @abstractmethod
     def story_bytes(self, frames: int) -> int:
         """At most what the samples of a story of ``frames`` frames hold in the object store, in any pass."""
 
 
-class FrameCut(SampleCut):
+class FrameCut(StageCut):
     """Stage 1: one sample per frame."""
 
     names, stacked = FRAME_COLUMNS, True
@@ -138,10 +143,10 @@ class FrameCut(SampleCut):
             yield {"key": story.key, "frame": index, **sample}
 
     def story_bytes(self, frames: int) -> int:
-        return frames * (pixel_bytes(self.vit_size) + pixel_bytes(self.sd_size) + 64)
+        return frames * (pixel_bytes(self.vit_size) + pixel_bytes(self.sd_size) + ROW_BYTES)
 
 
-class WindowCut(SampleCut):
+class WindowCut(StageCut):
     """Stages 2 and 3: the story's windows for the pass (stage 3's with the target at SD size)."""
 
     stacked = False
@@ -160,8 +165,8 @@ class WindowCut(SampleCut):
     def story_bytes(self, frames: int) -> int:
         s = self.sampler
         tokens = s.max_length * (2 * np.dtype(np.int64).itemsize + 1)  # input_ids, labels, image_mask
-        target = pixel_bytes(s.sd_size) + 64 if s.sd_size is not None else 0
-        window = min(frames, s.window_frames) * pixel_bytes(s.vit_size) + tokens + target
+        target = pixel_bytes(s.sd_size) if s.sd_size is not None else 0
+        window = min(frames, s.window_frames) * pixel_bytes(s.vit_size) + tokens + target + ROW_BYTES
         return window_count(frames, s.window_frames, s.min_context) * window
 
 
@@ -282,7 +287,7 @@ def passes_for(stage: Stage, config: SeedStoryConfig, stories: StorySet) -> int:
     return math.ceil(needed / usable) + 1
 
 
-def stage_cut(stage: Stage, config: SeedStoryConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> SampleCut:
+def stage_cut(stage: Stage, config: SeedStoryConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> StageCut:
     model, data = config.model, config.data
     if stage == "detokenizer_pretrain":
         return FrameCut(model.vit.image_size, model.sd_image_size)

@@ -38,7 +38,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
-from seedstory.data.pipeline import (POSITION_COLUMNS, DataReport, Group, SampleCut, Stage, groups_of, new_ledger,
+from seedstory.data.pipeline import (POSITION_COLUMNS, DataReport, Group, Stage, StageCut, groups_of, new_ledger,
                                      passes_for, stage_cut, story_samples)
 from seedstory.data.story_sets import StorySet, split_stories
 
@@ -72,7 +72,7 @@ class StoryStream(TrainStream):
 
     stories: StorySet
     config: SeedStoryConfig
-    cut: SampleCut
+    cut: StageCut
     ledger: ray.actor.ActorHandle
     groups: int
     reserved_cpus: float = 0.0
@@ -186,7 +186,7 @@ class EpochStream(TrainStream):
             pass_index, skip = pass_index + 1, 0
 
 
-def groups_per_execution(stage: Stage, config: SeedStoryConfig, stories: StorySet, cut: SampleCut) -> int:
+def groups_per_execution(stage: Stage, config: SeedStoryConfig, stories: StorySet, cut: StageCut) -> int:
     """Groups per Ray Data execution of a worker's stream: all that ``max_steps`` needs (``passes_for``),
     unless they outgrow the worker's part of ``data.stream_object_store_fraction`` of the cluster's
     object store. An execution that fits decodes ahead of training and ends; one that does not keeps
