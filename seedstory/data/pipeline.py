@@ -126,6 +126,10 @@ class StageCut(SampleCut):
     """A training stage's cut, which a stream sizes its Ray Data executions by."""
 
     @abstractmethod
+    def sample_count(self, frames: int) -> int:
+        """The samples a valid story of ``frames`` frames yields in any pass (over-long windows aside)."""
+
+    @abstractmethod
     def story_bytes(self, frames: int) -> int:
         """At most what the samples of a story of ``frames`` frames hold in the object store, in any pass."""
 
@@ -141,6 +145,9 @@ class FrameCut(StageCut):
     def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
         for index, sample in enumerate(stage1_samples(story.images, self.vit_size, self.sd_size)):
             yield {"key": story.key, "frame": index, **sample}
+
+    def sample_count(self, frames: int) -> int:
+        return frames
 
     def story_bytes(self, frames: int) -> int:
         return frames * (pixel_bytes(self.vit_size) + pixel_bytes(self.sd_size) + ROW_BYTES)
@@ -162,12 +169,15 @@ class WindowCut(StageCut):
     def __call__(self, story: Story, pass_index: int) -> Iterator[dict]:
         yield from self.sampler.samples(story.key, story.captions, story.images, pass_index)
 
+    def sample_count(self, frames: int) -> int:
+        return window_count(frames, self.sampler.window_frames, self.sampler.min_context)
+
     def story_bytes(self, frames: int) -> int:
         s = self.sampler
         tokens = s.max_length * (2 * np.dtype(np.int64).itemsize + 1)  # input_ids, labels, image_mask
         target = pixel_bytes(s.sd_size) if s.sd_size is not None else 0
         window = min(frames, s.window_frames) * pixel_bytes(s.vit_size) + tokens + target + ROW_BYTES
-        return window_count(frames, s.window_frames, s.min_context) * window
+        return self.sample_count(frames) * window
 
 
 class StorySamples:
@@ -268,20 +278,17 @@ def story_samples(stories: StorySet, data: DataConfig, groups: list[Group], cut:
     return dataset
 
 
-def samples_per_pass(stage: Stage, stories: StorySet, data: DataConfig) -> int:
+def samples_per_pass(cut: StageCut, stories: StorySet) -> int:
     """What one pass yields if every story is valid (counted on the driver, without a picture)."""
-    frames = [stories.frames(index) for index in range(len(stories))]
-    if stage == "detokenizer_pretrain":
-        return sum(frames)
-    return sum(window_count(count, data.window_frames, data.min_context_frames) for count in frames)
+    return sum(cut.sample_count(stories.frames(index)) for index in range(len(stories)))
 
 
-def passes_for(stage: Stage, config: SeedStoryConfig, stories: StorySet) -> int:
+def passes_for(stage: Stage, config: SeedStoryConfig, stories: StorySet, cut: StageCut) -> int:
     """Passes that feed ``max_steps`` even with the failure budget spent, plus one spare for the samples
     lost to equal splits, ``drop_last`` and over-long windows."""
     settings = getattr(config.train, stage)
     needed = settings.max_steps * settings.grad_accum_steps * settings.micro_batch_size * settings.num_workers
-    usable = samples_per_pass(stage, stories, config.data) * (1 - config.data.failure_budget)
+    usable = samples_per_pass(cut, stories) * (1 - config.data.failure_budget)
     if usable <= 0:
         raise ValueError(f"{stories.describe()} yields no {stage} sample")
     return math.ceil(needed / usable) + 1

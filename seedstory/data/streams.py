@@ -15,8 +15,9 @@ interleaving is the shuffle: one story yields up to 30 frames or windows, and a 
 drawn from a whole group of stories. A local shuffle buffer would mix more widely, but its
 contents at a checkpoint are not a position a stream can restart from. A worker's stream is a
 chain of executions of ``groups`` groups each (``groups_per_execution``), one after another, each
-small enough to be decoded ahead of training into the object store; an execution's last partial
-micro-batch is dropped.
+small enough to be decoded ahead of training into the object store, the next one started halfway
+through the current one (a run that ends in the first half of an execution starts no other); an
+execution's last partial micro-batch is dropped.
 
 ``EpochStream`` (the tiny bases, whose data fits in the object store): the materialised dataset
 split equally, re-read every pass through a local shuffle buffer seeded by (seed, pass, rank);
@@ -113,25 +114,34 @@ class StoryStream(TrainStream):
                     batch_size=batch_size, collate_fn=PositionCollate(collate), drop_last=True)
                 return Execution(scheduled, batches, starter)
 
-            current, upcoming = None, execution(start)
+            current, upcoming = execution(start), None
             try:
                 while True:
-                    current, last = upcoming, upcoming.scheduled[-1]
-                    upcoming = execution({"pass": last.pass_index, "group": last.group + 1})
+                    last = current.scheduled[-1]
+                    following = {"pass": last.pass_index, "group": last.group + 1}
+                    halfway = self.sample_count(current.scheduled) // batch_size // 2
                     delivered = 0
                     for batch in current:
-                        pass_index, group, index = batch.pop(POSITION).tolist()
+                        if delivered == halfway:
+                            upcoming = execution(following)
                         delivered += 1
+                        pass_index, group, index = batch.pop(POSITION).tolist()
                         yield batch, {"pass": pass_index, "group": group, "index": index + 1}
                     if delivered == 0 and current.scheduled[0].skip == 0:  # a resumed one may have no full batch left
                         raise RuntimeError(
                             f"rank {rank}'s next {len(current.scheduled)} groups of {self.stories.describe()} yield no "
                             f"batch of {batch_size}: the split is too small for {world} workers, or "
                             f"data.stream_object_store_fraction too small for a batch")
+                    current, upcoming = upcoming or execution(following), None
             finally:
                 for started in (current, upcoming):
                     if started is not None:
                         started.close()
+
+    def sample_count(self, scheduled: list[Group]) -> int:
+        """What ``scheduled`` yields if every story is valid."""
+        return sum(self.cut.sample_count(self.stories.frames(story)) for group in scheduled
+                   for story in group.stories) - scheduled[0].skip
 
     def _samples(self, scheduled: list[Group], world: int) -> ray.data.Dataset:
         return story_samples(self.stories, self.config.data, scheduled, self.cut, self.ledger, self.config.data.seed,
@@ -194,9 +204,9 @@ def groups_per_execution(stage: Stage, config: SeedStoryConfig, stories: StorySe
     world = getattr(config.train, stage).num_workers
     per_pass = math.ceil(len(stories) / world / config.data.preprocess_batch_size)  # a worker's groups per pass
     group_bytes = sum(cut.story_bytes(stories.frames(i)) for i in range(len(stories))) / world / per_pass
-    executions = 2 * world  # each worker reads one while the next decodes (``Execution``)
+    executions = 2 * world  # each worker reads one while the next decodes (``StoryStream.batches``)
     share = ray.cluster_resources().get("object_store_memory", 0.0) * config.data.stream_object_store_fraction / executions
-    return max(1, min(passes_for(stage, config, stories) * per_pass, int(share // max(group_bytes, 1.0))))
+    return max(1, min(passes_for(stage, config, stories, cut) * per_pass, int(share // max(group_bytes, 1.0))))
 
 
 def stage_stream(stage: Stage, config: SeedStoryConfig,

@@ -4,7 +4,7 @@ import itertools
 import json
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ from seedstory.data.layout import IGNORE_INDEX
 from seedstory.data.badrecords import FailureBudgetExceeded
 from seedstory.data.pipeline import (FrameCut, StoryLedger, StorySamples, WindowCollate, decode_pool, groups_of,
                                      passes_for, samples_per_pass, stage_cut, stage_dataset, validation_set)
-from seedstory.data.streams import groups_per_execution, stage_stream
+from seedstory.data.streams import StoryStream, groups_per_execution, stage_stream
 from seedstory.data.sources import StoryLine
 from seedstory.data.story_sets import ReleasedStories, split_stories
 from seedstory.data.toyworld.generate import toy_story, write_toy_world
@@ -193,24 +193,41 @@ def test_a_stream_resumed_after_its_last_full_batch_goes_on_with_the_next_pass(t
     assert position["pass"] == 1 and {p for _, _, p in zip(*(batch[n].tolist() for n in FrameIds.ids))} == {1}
 
 
+@dataclass
+class StartCountingStream(StoryStream):
+    """Records the groups of every execution it starts."""
+
+    started: list = field(default_factory=list)
+
+    def _samples(self, scheduled, world):
+        self.started.append(scheduled)
+        return super()._samples(scheduled, world)
+
+
 def test_a_stream_chained_over_one_group_executions_reads_each_groups_samples_in_order(toy, ray_cluster):
     """The samples of one execution per group are those of one long execution, less each group's last
-    partial micro-batch, and every position names the sample after the batch."""
+    partial micro-batch, and every position names the sample after the batch. Each execution starts
+    when the one before it has delivered half of its batches."""
     config = toy[0]
     stream, _ = stage_stream("detokenizer_pretrain", config)
     per_pass = len(groups_of(stream.dealt(0, 2, 0), 0, config.data.preprocess_batch_size))
     rows = replace(stream, groups=per_pass).dataset(0, 2, {}).take_all()
-    expected = []
-    for _, group in itertools.groupby(rows, key=lambda row: (row["pass"], row["group"])):
+    expected, halfway = [], {}
+    for key, group in itertools.groupby(rows, key=lambda row: (row["pass"], row["group"])):
         group = [(int(row["key"]), row["frame"], row["group"], row["index"]) for row in group]
         expected += group[:len(group) // 4 * 4]
-    chained = []
-    for batch, position in replace(stream, groups=1).batches(0, 2, 4, FrameIds(), {}):
+        halfway[key[1]] = len(group) // 4 // 2
+    chained, read = [], Counter()
+    counting = StartCountingStream(**{**{f.name: getattr(stream, f.name) for f in fields(stream)}, "groups": 1})
+    for batch, position in counting.batches(0, 2, 4, FrameIds(), {}):
         if position["pass"] > 0:
             break
         chained += [(key, frame) for key, frame, _ in zip(*(batch[name].tolist() for name in FrameIds.ids))]
         last = expected[len(chained) - 1]
-        assert (position["group"], position["index"]) == (last[2], last[3] + 1)
+        group = position["group"]
+        assert (group, position["index"]) == (last[2], last[3] + 1)
+        assert len(counting.started) == group + 1 + (read[group] >= halfway[group]), (group, read[group])
+        read[group] += 1
     assert chained == [(key, frame) for key, frame, _, _ in expected] and len(chained) > 4
 
 
@@ -247,7 +264,7 @@ def test_an_execution_holds_as_many_groups_as_fit_in_the_workers_share_of_the_ob
     executions = 2 * world  # each worker's stream holds the execution it reads and the next one
     assert groups(2.5 * group_bytes * executions / store) == 2
     assert groups(0.1 * group_bytes * executions / store) == 1
-    assert groups(1.0) == passes_for("detokenizer_pretrain", config, stories) * per_pass
+    assert groups(1.0) == passes_for("detokenizer_pretrain", config, stories, cut) * per_pass
 
 
 def test_stage1_and_stage3_samples_have_model_shapes(toy, ray_cluster):
@@ -269,15 +286,17 @@ def test_the_training_stream_holds_enough_passes_for_max_steps(toy):
     lines.append(StoryLine("train.jsonl", STORIES + 1, "{broken"))
     stories = ReleasedStories(lines, config.data.image_root, "the train split")
     frames = _frames(config)
-    assert samples_per_pass("detokenizer_pretrain", stories, config.data) == summary["frames"]
+    frame_cut, window_cut = stage_cut("detokenizer_pretrain", config), stage_cut("story_instruct", config, tokenizer)
+    assert samples_per_pass(frame_cut, stories) == summary["frames"]
     windows = sum(window_count(n, 10, 1) for n in frames.values())
-    assert samples_per_pass("story_instruct", stories, config.data) == windows
+    assert samples_per_pass(window_cut, stories) == windows
     s = config.train.detokenizer_pretrain
     needed = s.max_steps * s.grad_accum_steps * s.micro_batch_size * s.num_workers
-    passes = passes_for("detokenizer_pretrain", config, stories)
+    passes = passes_for("detokenizer_pretrain", config, stories, frame_cut)
     assert (passes - 1) * summary["frames"] >= needed > (passes - 2) * summary["frames"]  # one spare pass
     with pytest.raises(ValueError, match="the train split yields no story_instruct sample"):
-        passes_for("story_instruct", config, ReleasedStories(lines[-1:], config.data.image_root, "the train split"))
+        passes_for("story_instruct", config, ReleasedStories(lines[-1:], config.data.image_root, "the train split"),
+                   window_cut)
 
 
 def test_the_val_split_is_the_same_samples_in_the_same_order_every_time(toy, ray_cluster, s3):
