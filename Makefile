@@ -56,11 +56,11 @@ SUBMIT := source $(STATE_DIR)/env.sh && $(BIN)/ray job submit --working-dir . \
 	--runtime-env-json '{"env_vars": {"SEEDSTORY_GIT_COMMIT": "$(shell git rev-parse HEAD 2>/dev/null)"}}' --
 
 DEMO_CONFIG ?= demo
-DEMO_JOBS := generate_toyworld pretrain_bases detokenizer_pretrain story_instruct detokenizer_adapt
+DEMO_JOBS := generate_toyworld prepare_data pretrain_bases detokenizer_pretrain story_instruct detokenizer_adapt
 
 DEMO_STORY ?= out/demo-story
 
-demo: stack-up  ## toy world, pretrained bases, the three stages (each a `ray job submit`), then a story from them
+demo: stack-up  ## toy world, its prepared dataset, pretrained bases, the three stages (each a `ray job submit`), then a story from them
 	@for job in $(DEMO_JOBS); do \
 		echo "==> ray job submit ... python jobs/$$job.py --config $(DEMO_CONFIG) $(OVERRIDES)"; \
 		$(SUBMIT) python jobs/$$job.py --config $(DEMO_CONFIG) $(OVERRIDES) || exit 1; \
@@ -73,7 +73,7 @@ demo: stack-up  ## toy world, pretrained bases, the three stages (each a `ray jo
 		"  MLflow runs:    $$MLFLOW_TRACKING_URI/#/experiments  (experiment tracking.experiment: toyworld + one run per stage)" \
 		"  MLflow models:  $$MLFLOW_TRACKING_URI/#/models  (seedstory-base-{vae,clip,llm}, seedstory-detokenizer, seedstory-mllm, seedstory-adapted-detokenizer @candidate)" \
 		"  Ray dashboard:  $$RAY_API_SERVER_ADDRESS  (jobs, logs)" \
-		"  Object storage: $$AWS_ENDPOINT_URL  s3://$$SEEDSTORY_BUCKET/{toyworld,base,runs,exports}" \
+		"  Object storage: $$AWS_ENDPOINT_URL  s3://$$SEEDSTORY_BUCKET/{toyworld,prepared,base,runs,exports}" \
 		"  The story:      file://$(abspath $(DEMO_STORY))/index.html  (written by the models above)" \
 		"  Stop the stack: make stack-down"
 

@@ -21,7 +21,8 @@ from .test_bench_attention_job import RAY
 pytestmark = pytest.mark.stack
 
 
-def test_the_job_prepares_the_splits_and_records_them_in_mlflow(ray_head):
+def test_the_job_prepares_the_dataset_its_config_trains_on_and_records_it_in_mlflow(ray_head):
+    """Without --out, the job writes the config's own data.prepared from the released form it names."""
     root = f"s3://{ray_head.bucket}/prepare-job-{uuid.uuid4().hex[:6]}"
     toy = load_config("tiny", ["data.toy.stories=6", "data.toy.min_frames=3", "data.toy.max_frames=4",
                                "data.toy.val_fraction=0.3", "data.toy.test_fraction=0.0"]).data.toy
@@ -30,8 +31,8 @@ def test_the_job_prepares_the_splits_and_records_them_in_mlflow(ray_head):
     assert train >= 3 and val >= 1
     done = subprocess.run(
         [RAY, "job", "submit", "--address", ray_head.ray_dashboard_url, "--working-dir", str(REPO_ROOT), "--",
-         "python", "jobs/prepare_data.py", "--config", "tiny", "--out", f"{root}/prepared", "--splits", "train,val",
-         "--stories-per-shard", "2", f"data.train_jsonl=[{world['jsonl']['train']}]",
+         "python", "jobs/prepare_data.py", "--config", "tiny", "--splits", "train,val", "--stories-per-shard", "2",
+         f"data.prepared={root}/prepared", f"data.train_jsonl=[{world['jsonl']['train']}]",
          f"data.val_jsonl=[{world['jsonl']['val']}]", f"data.image_root={world['image_root']}"],
         capture_output=True, text=True, timeout=300,
     )
@@ -46,7 +47,11 @@ def test_the_job_prepares_the_splits_and_records_them_in_mlflow(ray_head):
     assert run.data.metrics["data_train/stories"] == train and run.data.tags["seedstory.prepared_uri"] == f"{root}/prepared"
 
 
-def test_splits_it_does_not_know_are_refused_before_anything_runs():
+def test_splits_it_does_not_know_and_a_missing_destination_are_refused_before_anything_runs():
     done = subprocess.run([sys.executable, "jobs/prepare_data.py", "--out", "/tmp/nowhere", "--splits", "train,dev"],
                           capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert done.returncode != 0 and "--splits takes train, val, test (got 'train,dev')" in done.stderr
+    done = subprocess.run([sys.executable, "jobs/prepare_data.py", "--config", "tiny"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert done.returncode != 0
+    assert "--out is required when the config names no prepared dataset (data.prepared)" in done.stderr
