@@ -117,6 +117,17 @@ def overall(runs: list[dict[str, list[float]]]) -> dict[str, float]:
             for name in ("validity", "coherence", "consistency")}
 
 
+def beyond_training_length(curves: dict[str, dict[str, list[float | None]]], training_frames: int) -> dict[str, float]:
+    """Each variant's mean score over the segments past the training length; empty when its curves stop
+    at or before it (then there is nothing to choose a default by)."""
+    beyond = {}
+    for name, scores in curves.items():
+        values = [v for score in scores.values() for v in score[training_frames:] if v is not None]
+        if values:
+            beyond[name] = float(np.mean(values))
+    return beyond
+
+
 def plot_per_segment(curves: dict[str, dict[str, list[float | None]]], training_frames: int) -> bytes:
     """One panel per score, one line per attention variant, against segment index."""
     figure, axes = figures.subplots(1, 3, figsize=(17, 4.5), sharey=True)

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from seedstory import storage
 from seedstory.data.toyworld.generate import write_toy_world
-from seedstory.eval.toy_world import overall, per_segment
+from seedstory.eval.toy_world import beyond_training_length, overall, per_segment
 from tests.conftest import REPO_ROOT
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -24,6 +24,14 @@ def test_per_segment_means_count_the_stories_that_reached_each_segment():
             {"validity": [0.0], "coherence": [1.0], "consistency": [0.0]}]
     curves = per_segment(runs, 4)
     assert curves["validity"] == [0.5, 0.0, 1.0, None] and curves["coherence"][:2] == [0.75, 0.5]
+
+
+def test_variants_are_compared_only_past_the_training_length():
+    curves = {"dense": {"validity": [1.0, 1.0, 0.0, None], "coherence": [1.0, 1.0, 0.5, None]},
+              "mm-sink/absolute": {"validity": [0.0, 0.0, 1.0, 1.0], "coherence": [0.0, 0.0, 1.0, 0.5]}}
+    assert beyond_training_length(curves, 2) == {"dense": 0.25, "mm-sink/absolute": 0.875}
+    assert beyond_training_length(curves, 3) == {"mm-sink/absolute": 0.75}  # dense stopped at segment 3
+    assert beyond_training_length(curves, 4) == {}
 
 
 def test_overall_scores_a_story_that_ended_early_zero_for_what_it_missed():
