@@ -53,8 +53,8 @@ class DataConfig(Section):
     )
     decode_concurrency: int | None = Field(
         None, ge=1, description="actors that fetch, decode and cut samples for each Ray Data execution of a training "
-        "worker's stream (two run at a time: the one read and the next); unset: Ray Data grows each pool from one "
-        "actor to its share of the CPUs the training workers leave free",
+        "worker's stream (at most two run at a time: the one read and, from its second half on, the next); unset: Ray "
+        "Data grows each pool from one actor to its share of the CPUs the training workers leave free",
     )
     actor_cpus: float = Field(0.25, gt=0)
     preprocess_batch_size: int = Field(
