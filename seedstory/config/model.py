@@ -149,6 +149,12 @@ class ConditionAdapterConfig(Section):
 
     num_tokens: int = Field(64, ge=1)
     heads: int = Field(32, ge=1)
+    pooled_from: Literal["tokens", "features"] = Field(
+        "tokens", description="what the pooled ``text_embeds`` are made of: ``tokens``, the mean of the adapter's "
+        "tokens (as SD-XL pools its text); ``features``, a linear map of the flattened input features, which keeps "
+        "which token said what (where a thing is). The map has num_queries x output_dim x pooled_dim weights, so it "
+        "is for small feature grids: the tiny shapes, not Qwen-VL's 256 x 4096",
+    )
 
     @model_validator(mode="after")
     def _square(self) -> ConditionAdapterConfig:
@@ -168,8 +174,21 @@ class SchedulerConfig(Section):
     beta_end: float = Field(0.012, gt=0)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    rescale_betas_zero_snr: bool = Field(
+        False, description="rescale the betas so the last timestep is pure noise (zero terminal SNR). SD-XL's "
+        "schedule leaves about 7% of the latent's signal at its last timestep, which sampling from pure noise "
+        "never has, so a UNet trained from scratch gets flat colours (a frame's mean) wrong; needs v_prediction, "
+        "since predicting the noise of pure noise teaches nothing",
+    )
     inference_steps: int = Field(30, ge=1)
     guidance_scale: float = Field(1.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _zero_snr_predicts_velocity(self) -> SchedulerConfig:
+        if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
+            raise ValueError("scheduler.rescale_betas_zero_snr needs prediction_type v_prediction: at zero SNR the "
+                             "noise equals the noisy latent, so epsilon prediction says nothing about the image")
+        return self
 
 
 class TextTowerConfig(Section):

@@ -25,14 +25,20 @@ class ConditionAdapter(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        width = config.unet.cross_attention_dim
+        width, pooled = config.unet.cross_attention_dim, config.unet.pooled_dim
+        self.pooled_from = config.condition_adapter.pooled_from
         self.resampler = Resampler(config.condition_adapter.num_tokens, width, config.condition_adapter.heads,
                                    kv_dim=config.vit.output_dim, norm_eps=1e-5)
-        self.pool = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.unet.pooled_dim))
+        if self.pooled_from == "tokens":
+            self.pool = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, pooled))
+        else:
+            flat = config.vit.num_queries * config.vit.output_dim
+            self.pool = nn.Sequential(nn.Flatten(1), nn.LayerNorm(flat), nn.Linear(flat, pooled))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.resampler(features.to(self.resampler.query.dtype))
-        return tokens, self.pool(tokens.mean(dim=1))
+        features = features.to(self.resampler.query.dtype)
+        tokens = self.resampler(features)
+        return tokens, self.pool(tokens.mean(dim=1) if self.pooled_from == "tokens" else features)
 
 
 def unet_config(config: ModelConfig) -> dict:
@@ -81,7 +87,7 @@ def noise_scheduler(config: ModelConfig) -> DDPMScheduler:
     return DDPMScheduler(
         num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end,
         beta_schedule=s.beta_schedule, prediction_type=s.prediction_type, clip_sample=False,
-        steps_offset=1, timestep_spacing="leading",
+        steps_offset=1, timestep_spacing="leading", rescale_betas_zero_snr=s.rescale_betas_zero_snr,
     )
 
 

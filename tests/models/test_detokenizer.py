@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from seedstory.models.detokenizer import build_detokenizer, latent_scaling_factor, noise_scheduler
+from seedstory.models.detokenizer import ConditionAdapter, build_detokenizer, latent_scaling_factor, noise_scheduler
 from seedstory.models.export import export_vae
 from seedstory.models.weights import WeightsError
 
@@ -116,3 +116,41 @@ def test_min_snr_weighs_each_sample_by_its_timesteps_snr(detokenizer, tiny, pred
     assert (weights < 1).any() and (snr < 5).any()
     assert loss.item() == pytest.approx((weights * per_sample).mean().item(), rel=1e-5)
     assert unweighted.item() == pytest.approx(per_sample.mean().item(), rel=1e-5)
+
+
+def test_zero_terminal_snr_trains_and_paints_from_pure_noise(tiny):
+    assert noise_scheduler(tiny).alphas_cumprod[-1] > 0.004  # SD-XL's schedule: ~7% of the signal left at t=999
+    schedule = tiny.scheduler.model_copy(update={"prediction_type": "v_prediction", "rescale_betas_zero_snr": True})
+    config = tiny.model_copy(update={"scheduler": schedule, "loss": tiny.loss.model_copy(update={"snr_gamma": 5.0})})
+    assert noise_scheduler(config).alphas_cumprod[-1] == 0
+    torch.manual_seed(0)
+    detokenizer = build_detokenizer(config)
+    latents = torch.randn(4, tiny.vae.latent_channels, tiny.unet.sample_size, tiny.unet.sample_size)
+    timesteps = torch.tensor([999] * 4)
+    with torch.no_grad():  # at t=999 the noisy latent is the noise alone and the velocity target is -latents
+        assert torch.equal(detokenizer.scheduler.add_noise(latents, latents.flip(0), timesteps), latents.flip(0))
+        assert torch.allclose(detokenizer.scheduler.get_velocity(latents, latents.flip(0), timesteps), -latents)
+        loss = detokenizer.denoising_loss(latents, features(tiny, batch=4), generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(loss)
+    images = detokenizer.decode(features(tiny), steps=3, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(images).all() and 0 <= images.min() and images.max() <= 1
+
+
+def test_zero_terminal_snr_needs_velocity_prediction(tiny):
+    with pytest.raises(ValueError, match="rescale_betas_zero_snr needs prediction_type v_prediction"):
+        tiny.scheduler.model_validate({**tiny.scheduler.model_dump(), "rescale_betas_zero_snr": True})
+
+
+def test_conditions_pooled_from_features_keep_where_each_token_was(tiny):
+    config = tiny.model_copy(update={"condition_adapter": tiny.condition_adapter.model_copy(update={"pooled_from": "features"})})
+    torch.manual_seed(0)
+    adapter = ConditionAdapter(config)
+    frames = features(config, batch=2)
+    hidden, pooled = adapter(frames)
+    assert hidden.shape == (2, tiny.condition_adapter.num_tokens, tiny.unet.cross_attention_dim)
+    norm, linear = adapter.pool[1], adapter.pool[2]
+    assert linear.in_features == tiny.vit.num_queries * tiny.vit.output_dim
+    assert torch.allclose(pooled, linear(norm(frames.flatten(1))))
+    moved = frames.clone()  # the same tokens, two of them swapped: a thing on the left is now on the right
+    moved[:, [0, 3]] = frames[:, [3, 0]]
+    assert not torch.allclose(adapter(moved)[1], pooled)

@@ -10,6 +10,7 @@ from diffusers import UNet2DConditionModel
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
+from seedstory.config import load_config
 from seedstory.models.detokenizer import build_detokenizer
 from seedstory.models.export import (
     export_detokenizer, export_llm, export_mllm, export_vae, export_vit, load_detokenizer, load_mllm,
@@ -68,7 +69,9 @@ def test_mllm_with_lora_round_trips(root, tiny, token_ids, tokenizer, story_batc
     assert torch.equal(before.regressed, after.regressed)
 
 
-def test_vit_and_detokenizer_round_trip(root, tiny, weights_cache):
+@pytest.mark.parametrize("preset", ["tiny", "toy"])  # toy: velocity to pure noise, conditions pooled from features
+def test_vit_and_detokenizer_round_trip(root, preset, weights_cache):
+    tiny = load_config(preset).model
     torch.manual_seed(0)
     vit, detokenizer = build_vit(tiny), build_detokenizer(tiny)
     export_vit(vit, base_uri(root, "vit.safetensors"))
