@@ -82,7 +82,8 @@ def latent_scaling_factor(vae: AutoencoderKL, pixel_values: torch.Tensor, batch_
 
 
 def noise_scheduler(config: ModelConfig) -> DDPMScheduler:
-    """SD-XL's training schedule: DDPM betas, ``leading`` spacing with offset 1, no sample clipping."""
+    """SD-XL's training schedule: DDPM betas (rescaled to zero terminal SNR where the config asks), ``leading``
+    spacing with offset 1, no sample clipping."""
     s = config.scheduler
     return DDPMScheduler(
         num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end,
