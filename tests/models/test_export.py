@@ -71,18 +71,18 @@ def test_mllm_with_lora_round_trips(root, tiny, token_ids, tokenizer, story_batc
 
 @pytest.mark.parametrize("preset", ["tiny", "toy"])  # toy: velocity to pure noise, conditions pooled from features
 def test_vit_and_detokenizer_round_trip(root, preset, weights_cache):
-    tiny = load_config(preset).model
+    model = load_config(preset).model
     torch.manual_seed(0)
-    vit, detokenizer = build_vit(tiny), build_detokenizer(tiny)
+    vit, detokenizer = build_vit(model), build_detokenizer(model)
     export_vit(vit, base_uri(root, "vit.safetensors"))
     export_vae(detokenizer.vae, base_uri(root, "vae"))
-    config = tiny.model_copy(deep=True)
+    config = model.model_copy(deep=True)
     config.vit.weights, config.vae.weights = base_uri(root, "vit.safetensors"), base_uri(root, "vae")
     detokenizer.config = config
     perturb(detokenizer.unet, seed=2)
     export_detokenizer(detokenizer, base_uri(root, "detok"))
 
-    pixels = torch.rand(2, 3, tiny.vit.image_size, tiny.vit.image_size)
+    pixels = torch.rand(2, 3, model.vit.image_size, model.vit.image_size)
     loaded_vit = build_vit(config)
     with torch.no_grad():
         assert torch.equal(vit(pixels), loaded_vit(pixels))
