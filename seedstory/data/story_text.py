@@ -26,27 +26,42 @@ from seedstory.data.story_sets import Split, split_jsonl
 from seedstory.tokenizer import INST
 
 
-def story_text_ids(tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], max_length: int) -> np.ndarray:
-    """The story's token ids, cut to ``max_length``."""
+def _story_ids(tokenizer: PreTrainedTokenizerBase, captions: Sequence[str]) -> list[int]:
     inst = tokenizer.encode(INST, add_special_tokens=False)
     ids = [tokenizer.bos_token_id]
     for index, caption in enumerate(captions):
         ids += (inst if index else []) + tokenizer.encode(caption, add_special_tokens=False)
-    ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def story_text_ids(tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], max_length: int) -> np.ndarray:
+    """The story's token ids, cut to ``max_length``."""
+    ids = _story_ids(tokenizer, captions) + [tokenizer.eos_token_id]
     return np.asarray(ids[:max_length], dtype=np.int64)
+
+
+def next_caption_prompt(tokenizer: PreTrainedTokenizerBase, captions: Sequence[str]) -> list[int]:
+    """The ids after which an LLM pretrained on ``story_text_ids`` writes the caption that comes next."""
+    return _story_ids(tokenizer, captions) + tokenizer.encode(INST, add_special_tokens=False)
+
+
+def story_captions(config: SeedStoryConfig, split: Split) -> tuple[list[tuple[str, ...]], int]:
+    """The captions of every sound story of ``split``, and how many lines were not a sound story."""
+    stories, bad = [], 0
+    for line in read_story_lines(expand_jsonl(split_jsonl(config, split))):
+        try:
+            stories.append(parse_story(line.text).captions)
+        except BadRecordError:
+            bad += 1
+    if not stories:
+        raise ValueError(f"the {split} split ({', '.join(split_jsonl(config, split))}) holds no sound story")
+    return stories, bad
 
 
 def story_texts(config: SeedStoryConfig, split: Split, tokenizer: PreTrainedTokenizerBase) -> tuple[list[np.ndarray], int]:
     """Every sound story of ``split`` as token ids, and how many lines were not a sound story."""
-    texts, bad = [], 0
-    for line in read_story_lines(expand_jsonl(split_jsonl(config, split))):
-        try:
-            texts.append(story_text_ids(tokenizer, parse_story(line.text).captions, config.data.max_length))
-        except BadRecordError:
-            bad += 1
-    if not texts:
-        raise ValueError(f"the {split} split ({', '.join(split_jsonl(config, split))}) holds no sound story")
-    return texts, bad
+    stories, bad = story_captions(config, split)
+    return [story_text_ids(tokenizer, captions, config.data.max_length) for captions in stories], bad
 
 
 def story_text_dataset(texts: list[np.ndarray], config: SeedStoryConfig) -> ray.data.MaterializedDataset:

@@ -4,23 +4,33 @@
   toy world's ``Judge``: mean text-image coherence with the frame's own caption, target >= 0.98.
 - Dual encoder: caption -> frame retrieval among 64 candidates (the frame and 63 others that show
   something else), top-1 target >= 0.90.
-- LLM: next-token loss and top-1 accuracy on the val stories as text (no target: stage 2 adapts it).
+- LLM: next-token loss and top-1 accuracy on the val stories as text, and how often the caption it writes
+  greedily after the true story so far is a legal next frame (the world's rules, as free generation's
+  caption validity judges them). No target: stage 2 adapts it, but a story cannot be more valid than
+  the captions its base writes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from PIL import Image
+from transformers import PreTrainedTokenizerBase
 
+from seedstory.data.story_text import next_caption_prompt
 from seedstory.data.toyworld.captions import parse_caption
 from seedstory.data.toyworld.judge import Judge
+from seedstory.data.toyworld.validity import follows, state_of
+from seedstory.tokenizer import INST
 from seedstory.models.dual_encoder import DualEncoder, retrieval_top1
 
 TARGETS = {"val/vae_coherence": 0.98, "val/retrieval_top1": 0.90}
 CANDIDATES = 64
 BATCH = 64
+CAPTION_TOKENS = 128
 
 
 @torch.no_grad()
@@ -62,6 +72,29 @@ def text_scores(llm: torch.nn.Module, texts: list[np.ndarray]) -> dict[str, floa
         hits += int((logits.argmax(-1) == targets).sum())
         tokens += len(targets)
     return {"val/llm_loss": losses / tokens, "val/llm_next_token_accuracy": hits / tokens}
+
+
+@torch.no_grad()
+def write_next_caption(llm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, captions: Sequence[str]) -> str:
+    """The caption ``llm`` writes greedily after ``captions``, up to the [INST] that would open the one after."""
+    prompt = torch.tensor([next_caption_prompt(tokenizer, captions)])
+    out = llm.eval().generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=CAPTION_TOKENS,
+                              do_sample=False, stop_strings=[INST], tokenizer=tokenizer,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).split(INST)[0].strip()
+
+
+def next_caption_validity(stories: Sequence[Sequence[str]], write: Callable[[Sequence[str]], str]) -> float:
+    """The fraction of next captions, each written by ``write`` after the true captions before it, that
+    state a frame the world's rules allow after the true previous one."""
+    verdicts = []
+    for captions in stories:
+        for index in range(1, len(captions)):
+            state = state_of(parse_caption(write(captions[:index])))
+            verdicts.append(state is not None and follows(state_of(parse_caption(captions[index - 1])), state))
+    if not verdicts:
+        raise ValueError("no story has a second caption to judge")
+    return float(np.mean(verdicts))
 
 
 def verdicts(scores: dict[str, float]) -> list[str]:

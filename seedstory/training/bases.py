@@ -11,22 +11,26 @@ in ``base.json``, which goes last.
 
 from __future__ import annotations
 
+from functools import partial
+
 import mlflow
 import numpy as np
 import ray.data
 import torch
 from diffusers import AutoencoderKL
-from transformers import LlamaForCausalLM
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from seedstory import storage
 from seedstory.config import SeedStoryConfig
 from seedstory.data.frame_text import frame_text_dataset
-from seedstory.data.story_text import story_text_dataset, story_texts
+from seedstory.data.story_text import story_captions, story_text_dataset, story_text_ids, story_texts
 from seedstory.data.streams import EpochStream
 from seedstory.models.detokenizer import build_vae, latent_scaling_factor
 from seedstory.models.dual_encoder import load_dual_encoder, save_tokenizer
 from seedstory.models.mllm import build_llm
-from seedstory.training.base_eval import caption_retrieval, text_scores, vae_coherence, verdicts
+from seedstory.training.base_eval import (
+    caption_retrieval, next_caption_validity, text_scores, vae_coherence, verdicts, write_next_caption,
+)
 from seedstory.training.base_weights import (
     MANIFEST, PARTS, BaseWeightsError, PretrainedBases, check_base_shapes, read_manifest, tiny_model, tiny_tokenizer,
     write_tiny_base,
@@ -54,10 +58,15 @@ def _trained_llm(config: SeedStoryConfig, uri: str, vocab_size: int) -> LlamaFor
     return build_llm(model.model_copy(update={"llm": model.llm.model_copy(update={"weights": uri})}), vocab_size)
 
 
-def _evaluate(run: StageRun, val: dict[str, np.ndarray], val_texts: list[np.ndarray], train: ray.data.Dataset,
-              vocab_size: int, seed: int) -> dict[str, float]:
+def _evaluate(run: StageRun, val: dict[str, np.ndarray], val_stories: list[tuple[str, ...]], train: ray.data.Dataset,
+              tokenizer: PreTrainedTokenizerBase, seed: int) -> dict[str, float]:
     if run.stage == "llm_pretrain":
-        return text_scores(_trained_llm(run.config, run.export_uri, vocab_size), val_texts)
+        data = run.config.data
+        llm = _trained_llm(run.config, run.export_uri, len(tokenizer))
+        validity = next_caption_validity([captions[:data.window_frames] for captions in val_stories],
+                                         partial(write_next_caption, llm, tokenizer))
+        return {**text_scores(llm, [story_text_ids(tokenizer, captions, data.max_length) for captions in val_stories]),
+                "val/llm_caption_validity": validity}
     captions = [str(caption) for caption in val["caption"]]
     if run.stage == "vae_pretrain":
         vae = _trained_vae(run.config, run.export_uri)
@@ -94,7 +103,7 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
     frames, report = frame_text_dataset(stages, "train", tokenizer)
     val = _columns(frame_text_dataset(stages, "val", tokenizer)[0])
     texts, bad_texts = story_texts(stages, "train", tokenizer)
-    val_texts, _ = story_texts(stages, "val", tokenizer)
+    val_stories, _ = story_captions(stages, "val")
 
     scores: dict[str, float] = {}
     exports: dict[str, str] = {}
@@ -110,7 +119,7 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
                 run.log_data(report)
             version = run.register()
             if version is not None:
-                stage_scores = _evaluate(run, val, val_texts, frames, len(tokenizer), config.data.seed)
+                stage_scores = _evaluate(run, val, val_stories, frames, tokenizer, config.data.seed)
                 mlflow.log_metrics(stage_scores)
                 run.lines += verdicts(stage_scores)
                 scores.update(stage_scores)

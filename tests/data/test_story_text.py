@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from seedstory.config import load_config
-from seedstory.data.story_text import TextCollate, story_text_dataset, story_text_ids
+from seedstory.data.story_text import TextCollate, next_caption_prompt, story_text_dataset, story_text_ids
 from seedstory.training.base_weights import tiny_tokenizer
 
 
@@ -20,6 +20,13 @@ def test_a_story_as_text_is_the_stage_two_layout_without_images(tokenizer):
     assert tokenizer.decode(ids, skip_special_tokens=False).replace(" ", "") == (
         f"{tokenizer.bos_token}acatsits.[INST]acatruns.{tokenizer.eos_token}")
     assert len(story_text_ids(tokenizer, ["a cat sits."] * 50, 64)) == 64
+
+
+def test_the_next_caption_prompt_is_the_story_so_far_up_to_the_next_inst(tokenizer):
+    ids = next_caption_prompt(tokenizer, ["a cat sits.", "a cat runs."])
+    assert tokenizer.decode(ids, skip_special_tokens=False).replace(" ", "") == (
+        f"{tokenizer.bos_token}acatsits.[INST]acatruns.[INST]")
+    assert ids == story_text_ids(tokenizer, ["a cat sits.", "a cat runs.", "x"], 64).tolist()[:len(ids)]
 
 
 def test_text_batches_pad_with_ignored_labels(tokenizer):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,9 @@ from seedstory.models.export import MANIFEST
 from seedstory.data.story_text import story_text_ids
 from seedstory.models.dual_encoder import save_tokenizer
 from seedstory.models.mllm import build_llm
-from seedstory.training.base_eval import text_scores, vae_coherence, verdicts
+from seedstory.training.base_eval import (
+    next_caption_validity, text_scores, vae_coherence, verdicts, write_next_caption,
+)
 from seedstory.training.base_weights import tiny_tokenizer
 from seedstory.training.base_recipes import ClipPretrain, LLMPretrain, VAEPretrain
 
@@ -78,6 +82,15 @@ def llm_recipe(config, tmp_path_factory):
     return LLMPretrain(config, {"tokenizer": folder})
 
 
+def _fit(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = model.train()(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def test_the_llm_learns_a_story_and_its_export_reloads_as_trained(config, llm_recipe, tmp_path):
     torch.manual_seed(0)
     tokenizer = llm_recipe.text_tokenizer
@@ -85,12 +98,7 @@ def test_the_llm_learns_a_story_and_its_export_reloads_as_trained(config, llm_re
     model = llm_recipe.build()
     before = text_scores(model.llm, texts)
     batch = llm_recipe.collate()({"input_ids": np.array(texts, dtype=object)})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(20):
-        loss = model.train()(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _fit(model, batch, steps=20)
     after = text_scores(model.llm, texts)
     assert after["val/llm_loss"] < 0.7 * before["val/llm_loss"]
     assert after["val/llm_next_token_accuracy"] > before["val/llm_next_token_accuracy"]
@@ -100,3 +108,24 @@ def test_the_llm_learns_a_story_and_its_export_reloads_as_trained(config, llm_re
     stored = config.model.model_copy(update={"llm": config.model.llm.model_copy(update={"weights": str(tmp_path / "llm")})})
     assert text_scores(build_llm(stored, len(tokenizer)), texts) == pytest.approx(after)
 
+
+def test_caption_validity_judges_each_next_caption_against_the_true_previous_frame(config):
+    stories = [toy_story(config.data.toy, index).record.captions[:4] for index in range(2)]
+    truth = {story[:index]: story[index] for story in stories for index in range(1, len(story))}
+    assert next_caption_validity(stories, lambda before: truth[tuple(before)]) == 1.0
+    assert next_caption_validity(stories, lambda before: before[-1]) == 0.0  # nothing changed: no event
+    with pytest.raises(ValueError, match="no story has a second caption"):
+        next_caption_validity([stories[0][:1]], lambda before: before[-1])
+
+
+def test_an_llm_that_learned_a_story_writes_its_next_captions(config, llm_recipe):
+    torch.manual_seed(0)
+    tokenizer = llm_recipe.text_tokenizer
+    story = toy_story(config.data.toy, 0).record.captions[:4]
+    model = llm_recipe.build()
+    write = partial(write_next_caption, model.llm, tokenizer)
+    assert next_caption_validity([story], write) == 0.0
+    batch = llm_recipe.collate()({"input_ids": np.array([story_text_ids(tokenizer, story, 256)], dtype=object)})
+    _fit(model, batch, steps=150)
+    assert [write(story[:index]) for index in range(1, 4)] == list(story[1:])
+    assert next_caption_validity([story], write) == 1.0

@@ -37,7 +37,7 @@ STAGES = ("vae_pretrain", "clip_pretrain", "llm_pretrain")
 STEPS = 3
 METRICS = {"vae_pretrain": {"reconstruction_error", "kl", "posterior_std", "val/vae_coherence", "vae/scaling_factor"},
            "clip_pretrain": {"contrastive", "batch_top1", "val/retrieval_top1", "val/retrieval_candidates"},
-           "llm_pretrain": {"data/stories", "val/llm_loss", "val/llm_next_token_accuracy"}}
+           "llm_pretrain": {"data/stories", "val/llm_loss", "val/llm_next_token_accuracy", "val/llm_caption_validity"}}
 
 
 def _overrides(bucket: str, tag: str) -> list[str]:
@@ -84,7 +84,8 @@ def test_each_base_has_its_run_model_version_and_val_score(job):
         assert run.data.tags["seedstory.base_weights"] == config.train.base_weights
         assert METRICS[stage] <= set(run.data.metrics)
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(1, STEPS + 1))
-    assert "val/vae_coherence" in log and "val/retrieval_top1" in log and ("PASS" in log or "MISS" in log)
+    assert all(score in log for score in ("val/vae_coherence", "val/retrieval_top1", "val/llm_caption_validity"))
+    assert "PASS" in log or "MISS" in log
 
 
 def test_the_base_folder_is_complete_with_base_json_written_last(job):
