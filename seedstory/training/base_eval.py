@@ -24,8 +24,8 @@ from seedstory.data.story_text import next_caption_prompt
 from seedstory.data.toyworld.captions import parse_caption
 from seedstory.data.toyworld.judge import Judge
 from seedstory.data.toyworld.validity import follows, state_of
-from seedstory.tokenizer import INST
 from seedstory.models.dual_encoder import DualEncoder, retrieval_top1
+from seedstory.tokenizer import INST
 
 TARGETS = {"val/vae_coherence": 0.98, "val/retrieval_top1": 0.90}
 CANDIDATES = 64
@@ -87,14 +87,14 @@ def write_next_caption(llm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
 def next_caption_validity(stories: Sequence[Sequence[str]], write: Callable[[Sequence[str]], str]) -> float:
     """The fraction of next captions, each written by ``write`` after the true captions before it, that
     state a frame the world's rules allow after the true previous one."""
-    verdicts = []
+    legal = []
     for captions in stories:
         for index in range(1, len(captions)):
             state = state_of(parse_caption(write(captions[:index])))
-            verdicts.append(state is not None and follows(state_of(parse_caption(captions[index - 1])), state))
-    if not verdicts:
+            legal.append(state is not None and follows(state_of(parse_caption(captions[index - 1])), state))
+    if not legal:
         raise ValueError("no story has a second caption to judge")
-    return float(np.mean(verdicts))
+    return float(np.mean(legal))
 
 
 def verdicts(scores: dict[str, float]) -> list[str]:
