@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from seedstory.data.story_text import next_caption_prompt
 from seedstory.data.toyworld.captions import parse_caption
 from seedstory.data.toyworld.judge import Judge
-from seedstory.data.toyworld.validity import follows, state_of
+from seedstory.data.toyworld.validity import caption_validity
 from seedstory.models.dual_encoder import DualEncoder, retrieval_top1
 from seedstory.tokenizer import INST
 
@@ -87,11 +87,8 @@ def write_next_caption(llm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
 def next_caption_validity(stories: Sequence[Sequence[str]], write: Callable[[Sequence[str]], str]) -> float:
     """The fraction of next captions, each written by ``write`` after the true captions before it, that
     state a frame the world's rules allow after the true previous one."""
-    legal = []
-    for captions in stories:
-        for index in range(1, len(captions)):
-            state = state_of(parse_caption(write(captions[:index])))
-            legal.append(state is not None and follows(state_of(parse_caption(captions[index - 1])), state))
+    legal = [caption_validity(captions[index - 1], [write(captions[:index])])[0]
+             for captions in stories for index in range(1, len(captions))]
     if not legal:
         raise ValueError("no story has a second caption to judge")
     return float(np.mean(legal))
