@@ -4,9 +4,10 @@ back, and record it in MLflow.
     ray job submit --working-dir . -- python jobs/generate_toyworld.py --config tiny data.toy.stories=256
     python jobs/generate_toyworld.py --config tiny --out ./toyworld --no-track
 
-Recipe: config -> stories written deterministically by seed -> every story and image read back and
-validated -> one MLflow run (stage `toyworld`) with the data metrics, the summary and the first
-training story as an image strip -> where to look.
+Recipe: config -> stories written deterministically by seed (and the text corpus, with
+data.toy.text_stories) -> every story, image and text story read back and validated -> one MLflow
+run (stage `toyworld`) with the data metrics, the summary and the first training story as an image
+strip -> where to look.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.data.images import decode_image
 from seedstory.data.records import parse_story
 from seedstory.data.stories import scan_dataset
+from seedstory.data.story_text import text_stories
 from seedstory.data.toyworld.generate import SPLITS, write_toy_world
 from seedstory.tracking import run_url, tracked_run
 
@@ -55,11 +57,18 @@ def main() -> None:
     ledger = scan_dataset([world["jsonl"][split] for split in SPLITS], world["image_root"], config.data.failure_budget)
     print(ledger.log_line())
     ledger.check()
+    text = world.get("text")
+    if text:
+        stories, bad = text_stories([text["jsonl"]])
+        if bad or len(stories) != text["stories"]:
+            raise RuntimeError(f"{text['jsonl']} reads back {len(stories)} of {text['stories']} text stories "
+                               f"({bad} bad lines)")
+        print(f"text corpus: {len(stories)} stories, {text['jsonl']}")
     if args.no_track:
         return
 
     with tracked_run(config.tracking, stage="toyworld", run_name="toyworld", params=config) as run:
-        mlflow.log_metrics(ledger.metrics())
+        mlflow.log_metrics({**ledger.metrics(), "data/text_stories": float(text["stories"] if text else 0)})
         mlflow.log_dict(world, "toyworld/summary.json")
         strip, captions = story_strip(world["jsonl"]["train"], world["image_root"])
         mlflow.log_image(strip, "toyworld/first_train_story.png")

@@ -19,6 +19,12 @@ class ToyWorldConfig(Section):
     test_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     uri: str = "s3://seedstory/toyworld"
+    text_stories: int = Field(
+        0, ge=0, description="more training stories written as text only (``text.jsonl``: id and captions), the "
+        "world's text corpus: stories past ``stories`` that the split rule deals to train, never a val or test "
+        "one; read by the LLM base's pretraining through data.text_jsonl, as a real LLM reads far more text "
+        "than the stories it is tuned on",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "ToyWorldConfig":
@@ -44,6 +50,14 @@ class DataConfig(Section):
     window_frames: int = Field(10, ge=2, le=30)
     min_context_frames: int = Field(1, ge=0)
     max_length: int = Field(1024, ge=16)
+    text_jsonl: list[str] = Field(
+        default_factory=list, description="more stories as text (a JSON object with a 'captions' list per line, "
+        "pictures unread), added to the train split's for the LLM base's pretraining and read by nothing else",
+    )
+    text_max_length: int | None = Field(
+        None, ge=16, description="the first tokens of each story the LLM base is pretrained on (unset: max_length); "
+        "its val scores read stories up to max_length",
+    )
     failure_budget: float = Field(0.01, ge=0, le=1)
     seed: int = 0
     shuffle_buffer: int = Field(

@@ -47,14 +47,19 @@ def _string_list(data: dict, name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_story(text: str) -> StoryRecord:
-    """One JSONL line -> a story whose structure is sound (frames are checked separately)."""
+def _json_object(text: str) -> dict:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise BadRecordError(BadKind.BAD_JSON, f"not JSON: {err.msg} at column {err.colno}") from None
     if not isinstance(data, dict):
         raise BadRecordError(BadKind.BAD_JSON, f"a story must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def parse_story(text: str) -> StoryRecord:
+    """One JSONL line -> a story whose structure is sound (frames are checked separately)."""
+    data = _json_object(text)
     images, captions = _string_list(data, "images"), _string_list(data, "captions")
     orders = data.get("orders")
     if orders is not None and (not isinstance(orders, list) or not all(isinstance(o, int) for o in orders)):
@@ -68,3 +73,14 @@ def parse_story(text: str) -> StoryRecord:
     if len(images) > MAX_FRAMES:
         raise BadRecordError(BadKind.COUNT_MISMATCH, f"{len(images)} frames, more than StoryStream's {MAX_FRAMES}")
     return StoryRecord(images, captions, data.get("id"), tuple(orders) if orders is not None else None)
+
+
+def parse_captions(text: str) -> tuple[str, ...]:
+    """One JSONL line -> its captions, pictures or none: a story as text (``{"captions": [...]}`` is enough)."""
+    captions = _string_list(_json_object(text), "captions")
+    if not captions:
+        raise BadRecordError(BadKind.COUNT_MISMATCH, "a story with no captions")
+    empty = next((index for index, caption in enumerate(captions) if not caption.strip()), None)
+    if empty is not None:
+        raise BadRecordError(BadKind.EMPTY_CAPTION, f"caption {empty} is empty")
+    return captions

@@ -1,15 +1,17 @@
 """Stories as plain text: what the tiny preset's LLM base is pretrained on.
 
 One sample per story: ``<bos> caption_0 [INST] caption_1 ... [INST] caption_n <eos>``,
-cut to ``data.max_length``, every token a target. That is stage 2's layout without the images, so
-the base already speaks the world's language and knows how its states follow one another before
-LoRA teaches it the image tokens, as Qwen-VL's LLM arrives pretrained. Text needs no decoding:
-the samples are built on the driver and handed to Ray Data as rows, read again every epoch.
+cut to ``data.text_max_length``, every token a target. That is stage 2's layout without the
+images, so the base already speaks the world's language and knows how its states follow one
+another before LoRA teaches it the image tokens, as Qwen-VL's LLM arrives pretrained. It reads the
+train split's stories and a text corpus (``data.text_jsonl``, stories without pictures: the toy
+world's ``text.jsonl``). Text needs no decoding: the samples are built on the driver and handed to
+Ray Data as rows, read again every epoch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import ray
@@ -20,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from seedstory.config import SeedStoryConfig
 from seedstory.data.badrecords import BadRecordError
 from seedstory.data.layout import IGNORE_INDEX
-from seedstory.data.records import parse_story
+from seedstory.data.records import parse_captions, parse_story
 from seedstory.data.sources import expand_jsonl, read_story_lines
 from seedstory.data.story_sets import Split, split_jsonl
 from seedstory.tokenizer import INST
@@ -45,33 +47,60 @@ def next_caption_prompt(tokenizer: PreTrainedTokenizerBase, captions: Sequence[s
     return _story_ids(tokenizer, captions) + tokenizer.encode(INST, add_special_tokens=False)
 
 
-def story_captions(config: SeedStoryConfig, split: Split) -> tuple[list[tuple[str, ...]], int]:
-    """The captions of every sound story of ``split``, and how many lines were not a sound story."""
+def _read_captions(uris: Sequence[str], parse: Callable[[str], tuple[str, ...]],
+                   what: str) -> tuple[list[tuple[str, ...]], int]:
     stories, bad = [], 0
-    for line in read_story_lines(expand_jsonl(split_jsonl(config, split))):
+    for line in read_story_lines(expand_jsonl(uris)):
         try:
-            stories.append(parse_story(line.text).captions)
+            stories.append(parse(line.text))
         except BadRecordError:
             bad += 1
     if not stories:
-        raise ValueError(f"the {split} split ({', '.join(split_jsonl(config, split))}) holds no sound story")
+        raise ValueError(f"{what} ({', '.join(uris)}) holds no sound story")
     return stories, bad
 
 
+def story_captions(config: SeedStoryConfig, split: Split) -> tuple[list[tuple[str, ...]], int]:
+    """The captions of every sound story of ``split``, and how many lines were not a sound story."""
+    return _read_captions(split_jsonl(config, split), lambda text: parse_story(text).captions, f"the {split} split")
+
+
+def _pretraining_ids(config: SeedStoryConfig, tokenizer: PreTrainedTokenizerBase,
+                     stories: list[tuple[str, ...]]) -> list[np.ndarray]:
+    length = config.data.text_max_length or config.data.max_length
+    return [story_text_ids(tokenizer, captions, length) for captions in stories]
+
+
 def story_texts(config: SeedStoryConfig, split: Split, tokenizer: PreTrainedTokenizerBase) -> tuple[list[np.ndarray], int]:
-    """Every sound story of ``split`` as token ids, and how many lines were not a sound story."""
+    """Every sound story of ``split`` as the LLM base reads it, and how many lines were not a sound story."""
     stories, bad = story_captions(config, split)
-    return [story_text_ids(tokenizer, captions, config.data.max_length) for captions in stories], bad
+    return _pretraining_ids(config, tokenizer, stories), bad
+
+
+def text_stories(uris: Sequence[str]) -> tuple[list[tuple[str, ...]], int]:
+    """The captions of every story in text JSONL files (pictures unread), and how many lines were not a story."""
+    return _read_captions(uris, parse_captions, "the text corpus")
+
+
+def text_corpus(config: SeedStoryConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[list[np.ndarray], int]:
+    """``data.text_jsonl``'s stories as the LLM base reads them (none when unset), and how many lines were not a story."""
+    if not config.data.text_jsonl:
+        return [], 0
+    stories, bad = text_stories(config.data.text_jsonl)
+    return _pretraining_ids(config, tokenizer, stories), bad
 
 
 def story_text_dataset(texts: list[np.ndarray], config: SeedStoryConfig) -> ray.data.MaterializedDataset:
-    """One row per story, materialised: training re-reads it every pass (``seedstory.data.streams.EpochStream``)."""
+    """One row per story in a seeded random order, materialised: training re-reads it every pass
+    (``seedstory.data.streams.EpochStream``), whose local shuffle buffer then only needs to vary the passes,
+    and a text corpus appended to the train split is mixed into it from the first step."""
     settings = config.train.llm_pretrain
     if len(texts) < settings.micro_batch_size * settings.num_workers:
         raise ValueError(f"{len(texts)} training stories cannot fill a micro-batch of {settings.micro_batch_size} "
                          f"on each of {settings.num_workers} workers: lower train.llm_pretrain.micro_batch_size "
                          "or write more stories")
-    return ray.data.from_items([{"input_ids": ids} for ids in texts]).materialize()
+    order = np.random.default_rng(config.data.seed).permutation(len(texts))
+    return ray.data.from_items([{"input_ids": texts[index]} for index in order]).materialize()
 
 
 class TextCollate(NumpyBatchCollateFn):

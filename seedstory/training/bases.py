@@ -4,9 +4,9 @@
 trains on it, each as a Ray Train stage with its own MLflow run and model version:
 ``vae_pretrain`` (the VAE as an autoencoder, then its latent scale measured), ``clip_pretrain`` (the
 ViT as the image tower of a CLIP-style dual encoder) and ``llm_pretrain`` (the LLM on the stories as
-text). Each is scored on the val split (``base_eval``) in its run; then the base folder
-(``train.base_weights``) is written with the three, an initial UNet, the tokenizer, and the scores
-in ``base.json``, which goes last.
+text, with the text-only stories of ``data.text_jsonl``). Each is scored on the val split
+(``base_eval``) in its run; then the base folder (``train.base_weights``) is written with the
+three, an initial UNet, the tokenizer, and the scores in ``base.json``, which goes last.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 from seedstory import storage
 from seedstory.config import SeedStoryConfig
 from seedstory.data.frame_text import frame_text_dataset
-from seedstory.data.story_text import story_captions, story_text_dataset, story_text_ids, story_texts
+from seedstory.data.story_text import story_captions, story_text_dataset, story_text_ids, story_texts, text_corpus
 from seedstory.data.streams import EpochStream
 from seedstory.models.detokenizer import build_vae, latent_scaling_factor
 from seedstory.models.dual_encoder import load_dual_encoder, save_tokenizer
@@ -103,6 +103,7 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
     frames, report = frame_text_dataset(stages, "train", tokenizer)
     val = _columns(frame_text_dataset(stages, "val", tokenizer)[0])
     texts, bad_texts = story_texts(stages, "train", tokenizer)
+    corpus, bad_corpus = text_corpus(stages, tokenizer)
     val_stories, _ = story_captions(stages, "val")
 
     scores: dict[str, float] = {}
@@ -112,8 +113,9 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
         with start_stage(recipe, stages) as run:
             mlflow.set_tag("seedstory.base_weights", uri)
             if recipe is LLMPretrain:
-                run.fit(EpochStream(story_text_dataset(texts, run.config), data.seed, data.shuffle_buffer))
-                mlflow.log_metrics({"data/stories": float(len(texts)), "data/bad_total": float(bad_texts)})
+                run.fit(EpochStream(story_text_dataset(texts + corpus, run.config), data.seed, data.shuffle_buffer))
+                mlflow.log_metrics({"data/stories": float(len(texts)), "data/text_stories": float(len(corpus)),
+                                    "data/bad_total": float(bad_texts + bad_corpus)})
             else:
                 run.fit(EpochStream(frames, data.seed, data.shuffle_buffer))
                 run.log_data(report)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from seedstory.config import load_config
-from seedstory.data.story_text import TextCollate, next_caption_prompt, story_text_dataset, story_text_ids
+from seedstory.data.story_text import (
+    TextCollate, next_caption_prompt, story_text_dataset, story_text_ids, text_corpus,
+)
 from seedstory.training.base_weights import tiny_tokenizer
 
 
@@ -41,3 +45,41 @@ def test_too_few_stories_for_a_batch_per_worker_is_named(tokenizer):
     config = load_config("tiny", ["train.llm_pretrain.micro_batch_size=4"])
     with pytest.raises(ValueError, match=r"3 training stories cannot fill a micro-batch of 4 on each of 2 workers"):
         story_text_dataset([np.array([1, 2])] * 3, config)
+
+
+def test_the_text_corpus_reads_captions_with_or_without_pictures_and_counts_the_rest(tokenizer, tmp_path):
+    corpus = tmp_path / "text.jsonl"
+    long_story = ["a cat sits on the mat."] * 40
+    corpus.write_text("\n".join([
+        json.dumps({"id": 1, "captions": long_story}),
+        json.dumps({"id": 2, "images": ["a.jpg", "b.jpg"], "captions": ["a cat sits.", "a cat runs."]}),
+        json.dumps({"id": 3, "captions": []}),
+        json.dumps({"id": 4, "captions": ["a cat sits.", "  "]}),
+        json.dumps({"id": 5, "text": "no captions"}),
+        "{not json",
+    ]) + "\n")
+    config = load_config("tiny", [f"data.text_jsonl=[{corpus}]", "data.text_max_length=48"])
+    texts, bad = text_corpus(config, tokenizer)
+    assert bad == 4
+    assert [ids.tolist() for ids in texts] == [story_text_ids(tokenizer, long_story, 48).tolist(),
+                                               story_text_ids(tokenizer, ["a cat sits.", "a cat runs."], 48).tolist()]
+    assert len(texts[0]) == 48
+    assert text_corpus(load_config("tiny"), tokenizer) == ([], 0)
+
+
+def test_a_text_corpus_without_a_story_is_named(tokenizer, tmp_path):
+    corpus = tmp_path / "text.jsonl"
+    corpus.write_text(json.dumps({"captions": []}) + "\n")
+    with pytest.raises(ValueError, match=rf"the text corpus \({corpus}\) holds no sound story"):
+        text_corpus(load_config("tiny", [f"data.text_jsonl=[{corpus}]"]), tokenizer)
+
+
+@pytest.mark.stack
+def test_text_rows_come_in_a_seeded_order_each_once(tokenizer, ray_cluster):
+    texts = [np.array([index, index]) for index in range(40)]
+    config = load_config("tiny", ["train.llm_pretrain.micro_batch_size=4"])
+    rows = [int(row["input_ids"][0]) for row in story_text_dataset(texts, config).iter_rows()]
+    assert sorted(rows) == list(range(40)) and rows != list(range(40))
+    assert rows == [int(row["input_ids"][0]) for row in story_text_dataset(texts, config).iter_rows()]
+    reseeded = load_config("tiny", ["train.llm_pretrain.micro_batch_size=4", "data.seed=1"])
+    assert rows != [int(row["input_ids"][0]) for row in story_text_dataset(texts, reseeded).iter_rows()]

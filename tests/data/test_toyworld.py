@@ -11,7 +11,8 @@ from seedstory.data.records import parse_story
 from seedstory.data.sources import expand_jsonl, read_story_lines
 from seedstory.data.stories import load_story, scan_dataset
 from seedstory.data.toyworld.captions import FrameFacts, parse_caption
-from seedstory.data.toyworld.generate import toy_story, write_toy_world
+from seedstory.data.story_text import text_stories
+from seedstory.data.toyworld.generate import split_of, toy_story, write_toy_world
 from seedstory.data.toyworld.judge import Judge
 from seedstory.data.toyworld.render import render_frame
 from seedstory.data.toyworld.world import possible_events, story_states
@@ -44,6 +45,21 @@ def test_round_trip_local(tmp_path):
 
 def test_round_trip_s3(s3):
     _round_trip(f"s3://{s3.bucket}/toy-roundtrip")
+
+
+def test_the_text_corpus_holds_only_train_stories_past_the_world(tmp_path):
+    config = CONFIG.model_copy(update={"text_stories": 7})
+    summary = write_toy_world(config, str(tmp_path / "toy"))
+    assert summary["text"] == {"stories": 7, "jsonl": str(tmp_path / "toy" / "text.jsonl")}
+    lines = [json.loads(line) for line in (tmp_path / "toy" / "text.jsonl").read_text().splitlines()]
+    ids = [line["id"] for line in lines]
+    assert len(ids) == 7 and min(ids) >= config.stories and all(split_of(config, i) == "train" for i in ids)
+    skipped = [i for i in range(config.stories, max(ids)) if i not in ids]
+    assert skipped and all(split_of(config, i) != "train" for i in skipped)
+    assert all(set(line) == {"id", "captions"} for line in lines)
+    assert text_stories([summary["text"]["jsonl"]]) == ([toy_story(config, i).record.captions for i in ids], 0)
+    assert "text" not in write_toy_world(CONFIG, str(tmp_path / "no-text"))
+    assert not (tmp_path / "no-text" / "text.jsonl").exists()
 
 
 def test_generation_is_deterministic_by_seed():

@@ -1,7 +1,7 @@
 """The tiny bases job end to end through `ray job submit` on the local stack: train, score, write, reload.
 
-A few steps each on a four-story toy world (three train stories, so the LLM reads one story a
-step): the point is the mechanics (three Ray Train stages with their MLflow runs and model
+A few steps each on a four-story toy world (three train stories, and five text-only ones for the
+LLM, which reads one story a step): the point is the mechanics (three Ray Train stages with their MLflow runs and model
 versions, the val scores, one complete base folder), not the targets, which the `toy` preset meets
 (README).
 """
@@ -35,9 +35,10 @@ pytestmark = pytest.mark.stack
 RAY = str(Path(sys.executable).parent / "ray")
 STAGES = ("vae_pretrain", "clip_pretrain", "llm_pretrain")
 STEPS = 3
+TEXT_STORIES = 5
 METRICS = {"vae_pretrain": {"reconstruction_error", "kl", "posterior_std", "val/vae_coherence", "vae/scaling_factor"},
            "clip_pretrain": {"contrastive", "batch_top1", "val/retrieval_top1", "val/retrieval_candidates"},
-           "llm_pretrain": {"data/stories", "val/llm_loss", "val/llm_next_token_accuracy", "val/llm_caption_validity"}}
+           "llm_pretrain": {"data/stories", "data/text_stories", "val/llm_loss", "val/llm_next_token_accuracy", "val/llm_caption_validity"}}
 
 
 def _overrides(bucket: str, tag: str) -> list[str]:
@@ -46,6 +47,7 @@ def _overrides(bucket: str, tag: str) -> list[str]:
         f"storage.bucket={bucket}", "tracking.experiment=bases", f"train.base_weights=s3://{bucket}/base-{tag}",
         "data.toy.stories=4", "data.toy.min_frames=4", "data.toy.max_frames=6", f"data.toy.uri={toy}",
         f"data.train_jsonl=[{toy}/train.jsonl]", f"data.val_jsonl=[{toy}/val.jsonl]", f"data.image_root={toy}/images",
+        f"data.toy.text_stories={TEXT_STORIES}", f"data.text_jsonl=[{toy}/text.jsonl]", "data.text_max_length=64",
     ]
     for stage in STAGES:
         overrides += [f"train.{stage}.max_steps={STEPS}", f"train.{stage}.checkpoint_every={STEPS}",
@@ -84,6 +86,8 @@ def test_each_base_has_its_run_model_version_and_val_score(job):
         assert run.data.tags["seedstory.base_weights"] == config.train.base_weights
         assert METRICS[stage] <= set(run.data.metrics)
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(1, STEPS + 1))
+        if stage == "llm_pretrain":
+            assert run.data.metrics["data/text_stories"] == TEXT_STORIES
     assert all(score in log for score in ("val/vae_coherence", "val/retrieval_top1", "val/llm_caption_validity"))
     assert "PASS" in log or "MISS" in log
 

@@ -16,6 +16,7 @@ from seedstory.data.toyworld.world import FrameState, story_states
 from seedstory.storage import filesystem_for, is_remote, join
 
 SPLITS = ("train", "val", "test")
+TEXT_FILE = "text.jsonl"
 SECONDS_PER_FRAME = 4.25
 
 
@@ -55,10 +56,21 @@ def split_of(config: ToyWorldConfig, index: int) -> str:
     return "train"
 
 
+def text_story_indices(config: ToyWorldConfig) -> list[int]:
+    """The ``text_stories`` stories past ``stories`` that the split rule deals to train."""
+    indices, index = [], config.stories
+    while len(indices) < config.text_stories:
+        if split_of(config, index) == "train":
+            indices.append(index)
+        index += 1
+    return indices
+
+
 def write_toy_world(config: ToyWorldConfig, uri: str | None = None) -> dict:
     """Write ``config.stories`` stories under ``uri`` (default ``config.uri``); returns a summary.
 
-    Layout: ``{uri}/train.jsonl``, ``val.jsonl``, ``test.jsonl`` and ``{uri}/images/...``.
+    Layout: ``{uri}/train.jsonl``, ``val.jsonl``, ``test.jsonl`` and ``{uri}/images/...``, and with
+    ``text_stories`` the text corpus ``{uri}/text.jsonl`` (``{"id", "captions"}`` per line).
     """
     uri = uri or config.uri
     fs, root = filesystem_for(uri)
@@ -79,5 +91,10 @@ def write_toy_world(config: ToyWorldConfig, uri: str | None = None) -> dict:
     summary = {"uri": uri, "stories": config.stories, "frames": frames, "seed": config.seed,
                "splits": {split: len(split_lines) for split, split_lines in lines.items()},
                "jsonl": {split: join(uri, f"{split}.jsonl") for split in SPLITS}, "image_root": join(uri, "images")}
+    if config.text_stories:
+        text = "".join(json.dumps({"id": index, "captions": list(toy_story(config, index).record.captions)}) + "\n"
+                       for index in text_story_indices(config))
+        fs.pipe_file(join(root, TEXT_FILE), text.encode())
+        summary["text"] = {"stories": config.text_stories, "jsonl": join(uri, TEXT_FILE)}
     fs.pipe_file(join(root, "summary.json"), json.dumps(summary, indent=2).encode())
     return summary
