@@ -90,17 +90,24 @@ def text_corpus(config: SeedStoryConfig, tokenizer: PreTrainedTokenizerBase) -> 
     return _pretraining_ids(config, tokenizer, stories), bad
 
 
+def mixed_in(texts: list[np.ndarray], corpus: list[np.ndarray], seed: int) -> list[np.ndarray]:
+    """``corpus`` dealt among ``texts`` at seeded random places, each keeping its own order: the split's
+    stories and the corpus's mix from the first step (a stream's shuffle buffer reaches only a few rows
+    ahead), and without a corpus nothing moves."""
+    from_corpus = np.zeros(len(texts) + len(corpus), dtype=bool)
+    from_corpus[np.random.default_rng(seed).choice(len(from_corpus), size=len(corpus), replace=False)] = True
+    split, extra = iter(texts), iter(corpus)
+    return [next(extra) if place else next(split) for place in from_corpus]
+
+
 def story_text_dataset(texts: list[np.ndarray], config: SeedStoryConfig) -> ray.data.MaterializedDataset:
-    """One row per story in a seeded random order, materialised: training re-reads it every pass
-    (``seedstory.data.streams.EpochStream``), whose local shuffle buffer then only needs to vary the passes,
-    and a text corpus appended to the train split is mixed into it from the first step."""
+    """One row per story, materialised: training re-reads it every pass (``seedstory.data.streams.EpochStream``)."""
     settings = config.train.llm_pretrain
     if len(texts) < settings.micro_batch_size * settings.num_workers:
         raise ValueError(f"{len(texts)} training stories cannot fill a micro-batch of {settings.micro_batch_size} "
                          f"on each of {settings.num_workers} workers: lower train.llm_pretrain.micro_batch_size "
                          "or write more stories")
-    order = np.random.default_rng(config.data.seed).permutation(len(texts))
-    return ray.data.from_items([{"input_ids": texts[index]} for index in order]).materialize()
+    return ray.data.from_items([{"input_ids": ids} for ids in texts]).materialize()
 
 
 class TextCollate(NumpyBatchCollateFn):

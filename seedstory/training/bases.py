@@ -23,7 +23,9 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 from seedstory import storage
 from seedstory.config import SeedStoryConfig
 from seedstory.data.frame_text import frame_text_dataset
-from seedstory.data.story_text import story_captions, story_text_dataset, story_text_ids, story_texts, text_corpus
+from seedstory.data.story_text import (
+    mixed_in, story_captions, story_text_dataset, story_text_ids, story_texts, text_corpus,
+)
 from seedstory.data.streams import EpochStream
 from seedstory.models.detokenizer import build_vae, latent_scaling_factor
 from seedstory.models.dual_encoder import load_dual_encoder, save_tokenizer
@@ -113,7 +115,8 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
         with start_stage(recipe, stages) as run:
             mlflow.set_tag("seedstory.base_weights", uri)
             if recipe is LLMPretrain:
-                run.fit(EpochStream(story_text_dataset(texts + corpus, run.config), data.seed, data.shuffle_buffer))
+                run.fit(EpochStream(story_text_dataset(mixed_in(texts, corpus, data.seed), run.config), data.seed,
+                                    data.shuffle_buffer))
                 mlflow.log_metrics({"data/stories": float(len(texts)), "data/text_stories": float(len(corpus)),
                                     "data/bad_total": float(bad_texts + bad_corpus)})
             else:

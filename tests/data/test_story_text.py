@@ -9,7 +9,7 @@ import pytest
 
 from seedstory.config import load_config
 from seedstory.data.story_text import (
-    TextCollate, next_caption_prompt, story_text_dataset, story_text_ids, text_corpus,
+    TextCollate, mixed_in, next_caption_prompt, story_text_dataset, story_text_ids, text_corpus,
 )
 from seedstory.training.base_weights import tiny_tokenizer
 
@@ -74,12 +74,13 @@ def test_a_text_corpus_without_a_story_is_named(tokenizer, tmp_path):
         text_corpus(load_config("tiny", [f"data.text_jsonl=[{corpus}]"]), tokenizer)
 
 
-@pytest.mark.stack
-def test_text_rows_come_in_a_seeded_order_each_once(tokenizer, ray_cluster):
-    texts = [np.array([index, index]) for index in range(40)]
-    config = load_config("tiny", ["train.llm_pretrain.micro_batch_size=4"])
-    rows = [int(row["input_ids"][0]) for row in story_text_dataset(texts, config).iter_rows()]
-    assert sorted(rows) == list(range(40)) and rows != list(range(40))
-    assert rows == [int(row["input_ids"][0]) for row in story_text_dataset(texts, config).iter_rows()]
-    reseeded = load_config("tiny", ["train.llm_pretrain.micro_batch_size=4", "data.seed=1"])
-    assert rows != [int(row["input_ids"][0]) for row in story_text_dataset(texts, reseeded).iter_rows()]
+
+def test_a_corpus_is_dealt_among_the_split_s_stories_each_keeping_its_order():
+    split, corpus = [np.array([index]) for index in range(30)], [np.array([100 + index]) for index in range(60)]
+    mixed = [int(ids[0]) for ids in mixed_in(split, corpus, seed=0)]
+    assert sorted(mixed) == list(range(30)) + list(range(100, 160))
+    assert [i for i in mixed if i < 100] == list(range(30)) and [i for i in mixed if i >= 100] == list(range(100, 160))
+    assert any(i < 100 for i in mixed[:15]) and any(i >= 100 for i in mixed[:15])
+    assert mixed == [int(ids[0]) for ids in mixed_in(split, corpus, seed=0)]
+    assert mixed != [int(ids[0]) for ids in mixed_in(split, corpus, seed=1)]
+    assert [int(ids[0]) for ids in mixed_in(split, [], seed=0)] == list(range(30))
