@@ -83,7 +83,8 @@ def text_stories(uris: Sequence[str]) -> tuple[list[tuple[str, ...]], int]:
 
 
 def text_corpus(config: SeedStoryConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[list[np.ndarray], int]:
-    """``data.text_jsonl``'s stories as the LLM base reads them (none when unset), and how many lines were not a story."""
+    """``data.text_jsonl``'s stories as the LLM base reads them (none when unset), and how many lines were
+    not a story."""
     if not config.data.text_jsonl:
         return [], 0
     stories, bad = text_stories(config.data.text_jsonl)

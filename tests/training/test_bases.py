@@ -1,9 +1,9 @@
 """The tiny bases job end to end through `ray job submit` on the local stack: train, score, write, reload.
 
 A few steps each on a four-story toy world (three train stories, and five text-only ones for the
-LLM, which reads one story a step): the point is the mechanics (three Ray Train stages with their MLflow runs and model
-versions, the val scores, one complete base folder), not the targets, which the `toy` preset meets
-(README).
+LLM, which reads one story a step): the point is the mechanics (three Ray Train stages with their
+MLflow runs and model versions, the val scores, one complete base folder), not the targets, which
+the `toy` preset meets (README).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ STEPS = 3
 TEXT_STORIES = 5
 METRICS = {"vae_pretrain": {"reconstruction_error", "kl", "posterior_std", "val/vae_coherence", "vae/scaling_factor"},
            "clip_pretrain": {"contrastive", "batch_top1", "val/retrieval_top1", "val/retrieval_candidates"},
-           "llm_pretrain": {"data/stories", "data/text_stories", "val/llm_loss", "val/llm_next_token_accuracy", "val/llm_caption_validity"}}
+           "llm_pretrain": {"data/stories", "data/text_stories", "val/llm_loss", "val/llm_next_token_accuracy",
+                            "val/llm_caption_validity"}}
 
 
 def _overrides(bucket: str, tag: str) -> list[str]:
