@@ -140,7 +140,7 @@ class Detokenizer(nn.Module):
                                   device=device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         dropout = self.config.loss.condition_dropout
-        if dropout > 0:
+        if dropout > 0 and self.training:  # val losses judge the conditioned model, as it paints
             keep = torch.rand(batch, generator=generator, device=device) >= dropout
             features = features * keep.to(device=features.device, dtype=features.dtype).view(-1, 1, 1)
         hidden, pooled = self.conditions(features)

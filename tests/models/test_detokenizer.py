@@ -154,3 +154,23 @@ def test_conditions_pooled_from_features_keep_where_each_token_was(tiny):
     moved = frames.clone()  # the same tokens, two of them swapped: a thing on the left is now on the right
     moved[:, [0, 3]] = frames[:, [3, 0]]
     assert not torch.allclose(adapter(moved)[1], pooled)
+
+
+def test_condition_dropout_trains_the_empty_condition_and_never_touches_validation(tiny):
+    config = tiny.model_copy(update={"loss": tiny.loss.model_copy(update={"condition_dropout": 0.5})})
+    torch.manual_seed(0)
+    detokenizer = build_detokenizer(config)
+    latents = torch.randn(8, tiny.vae.latent_channels, tiny.unet.sample_size, tiny.unet.sample_size)
+    frames = features(tiny, batch=8)
+    conditions = []
+    detokenizer.adapter.register_forward_hook(lambda module, args, out: conditions.append(args[0].clone()))
+
+    def loss(training):
+        detokenizer.train(training)
+        with torch.no_grad():
+            return detokenizer.denoising_loss(latents, frames, generator=torch.Generator().manual_seed(3))
+
+    trained, validated = loss(True), loss(False)
+    dropped = (conditions[0] == 0).flatten(1).all(dim=1)
+    assert 0 < dropped.sum() < 8 and torch.equal(conditions[0][~dropped], frames[~dropped])
+    assert torch.equal(conditions[1], frames) and trained.item() != validated.item()
