@@ -80,9 +80,10 @@ def main() -> None:
                      params=config, tags=lineage):
         began = time.perf_counter()
         figures = {"detokenizer_coherence": float(np.mean(
-            toy_world.detokenizer_alone(stage1, models.vit, stories, judge, window_frames)))}
+            toy_world.detokenizer_alone(stage1, models.vit, stories, judge, window_frames, config.model.scheduler)))}
         figures["adapted_detokenizer_coherence"] = float(np.mean(
-            toy_world.detokenizer_alone(models.detokenizer, models.vit, stories, judge, window_frames)))
+            toy_world.detokenizer_alone(models.detokenizer, models.vit, stories, judge, window_frames,
+                                        config.model.scheduler)))
         figures["teacher_forced_coherence"] = float(np.mean(
             toy_world.teacher_forced(StoryPipeline(models, config), stories, judge, window_frames)))
         print(f"de-tokenizer and teacher-forced figures in {time.perf_counter() - began:.0f} s", flush=True)
@@ -106,7 +107,9 @@ def main() -> None:
         best = max(beyond, key=beyond.get) if beyond else None
         result = {
             "config": {"stories": len(stories), "segments": args.segments, "long_segments": args.long_segments,
-                       "training_frames": window_frames, "default_variant": default_name, "alias": args.alias},
+                       "training_frames": window_frames, "default_variant": default_name, "alias": args.alias,
+                       "sampler": {"steps": config.model.scheduler.inference_steps,
+                                   "guidance_scale": config.model.scheduler.guidance_scale}},
             "models": {name: {"reference": s.reference, "version": s.version, "uri": s.uri} for name, s in sources.items()},
             "figures": figures,
             "targets": {name: {"value": figures[name], "target": f">= {bound}", "ok": figures[name] >= bound}

@@ -27,6 +27,8 @@ from seedstory.data.pixels import vit_pixels
 from seedstory.data.toyworld.judge import Judge, coherence_of_facts, consistency_of_facts
 from seedstory.data.toyworld.validity import caption_validity
 from seedstory.eval.held_out import HeldOutStory
+from seedstory.config.model import SchedulerConfig
+from seedstory.generation import pipeline as story_pipeline
 from seedstory.generation.pipeline import StoryPipeline, to_image
 from seedstory.models.detokenizer import Detokenizer
 
@@ -40,22 +42,24 @@ def vit_features(vit: torch.nn.Module, frames: Sequence[Image.Image]) -> torch.T
 
 
 @torch.no_grad()
-def paint(detokenizer: Detokenizer, features: torch.Tensor, seed: int = 0) -> list[Image.Image]:
-    """Pictures of [K, Nv, Dv] features, painted in batches with seeded noise."""
+def paint(detokenizer: Detokenizer, features: torch.Tensor, scheduler: SchedulerConfig,
+          seed: int = 0) -> list[Image.Image]:
+    """Pictures of [K, Nv, Dv] features, painted in batches with seeded noise and the evaluated config's
+    sampler settings (steps, guidance), as its stories are painted."""
     images = []
     for first in range(0, features.shape[0], PAINT_BATCH):
         generator = torch.Generator().manual_seed(seed + first)
-        pixels = detokenizer.decode(features[first:first + PAINT_BATCH], generator=generator)
+        pixels = story_pipeline.paint(detokenizer, features[first:first + PAINT_BATCH], generator, scheduler)
         images += [to_image(p) for p in pixels]
     return images
 
 
 def detokenizer_alone(detokenizer: Detokenizer, vit: torch.nn.Module, stories: list[HeldOutStory],
-                      judge: Judge, frames_per_story: int) -> list[float]:
+                      judge: Judge, frames_per_story: int, scheduler: SchedulerConfig) -> list[float]:
     """Coherence of each real frame repainted from its own ViT features."""
     frames = [(frame, caption) for s in stories for frame, caption in
               list(zip(s.frames, s.captions))[:frames_per_story]]
-    painted = paint(detokenizer, vit_features(vit, [f for f, _ in frames]))
+    painted = paint(detokenizer, vit_features(vit, [f for f, _ in frames]), scheduler)
     return [judge.coherence(image, caption) for image, (_, caption) in zip(painted, frames)]
 
 
@@ -77,7 +81,7 @@ def teacher_forced(pipeline: StoryPipeline, stories: list[HeldOutStory], judge: 
                               image_features=features[:target + 1], is_target=is_target)
             regressed.append(out.regressed)
             captions.append(story.captions[target])
-    painted = paint(models.detokenizer, torch.cat(regressed))
+    painted = paint(models.detokenizer, torch.cat(regressed), pipeline.config.model.scheduler)
     return [judge.coherence(image, caption) for image, caption in zip(painted, captions)]
 
 

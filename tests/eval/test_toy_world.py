@@ -8,15 +8,34 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from seedstory import storage
+from seedstory.config import load_config
 from seedstory.data.toyworld.generate import write_toy_world
-from seedstory.eval.toy_world import beyond_training_length, overall, per_segment
+from seedstory.generation.pipeline import to_image
+from seedstory.eval.toy_world import beyond_training_length, overall, paint, per_segment
+from seedstory.models.detokenizer import build_detokenizer
 from tests.conftest import REPO_ROOT
 
 RAY = str(Path(sys.executable).parent / "ray")
+
+
+def test_pictures_are_painted_with_the_evaluated_configs_sampler_not_the_exported_one():
+    tiny = load_config("tiny").model
+    torch.manual_seed(0)
+    detokenizer = build_detokenizer(tiny).eval()  # exported with guidance 1
+    features = torch.randn(2, tiny.vit.num_queries, tiny.vit.output_dim, generator=torch.Generator().manual_seed(0))
+    guided = tiny.scheduler.model_copy(update={"guidance_scale": 3.0, "inference_steps": 2})
+    painted = paint(detokenizer, features, guided)
+    expected = detokenizer.decode(features, steps=2, generator=torch.Generator().manual_seed(0), guidance_scale=3.0)
+    assert len(painted) == 2
+    assert all(np.array_equal(np.asarray(image), np.asarray(to_image(p))) for image, p in zip(painted, expected))
+    unguided = paint(detokenizer, features, guided.model_copy(update={"guidance_scale": 1.0}))
+    assert not np.array_equal(np.asarray(unguided[0]), np.asarray(painted[0]))
 
 
 def test_per_segment_means_count_the_stories_that_reached_each_segment():
@@ -47,7 +66,8 @@ def test_evaluate_toy_job_writes_its_figures_and_logs_them_to_mlflow(ray_head, s
                                                            "max_frames": 12})
     summary = write_toy_world(toy, f"{root}/toy")
     overrides = [*story_models.overrides, f"data.test_jsonl=[{summary['jsonl']['test']}]",
-                 f"data.image_root={summary['image_root']}", "data.window_frames=3", "tracking.experiment=toy-eval"]
+                 f"data.image_root={summary['image_root']}", "data.window_frames=3", "tracking.experiment=toy-eval",
+                 "model.scheduler.guidance_scale=2.0"]
     runtime_env = {"env_vars": {"SEEDSTORY_WEIGHTS_CACHE": str(weights_cache), "HF_HUB_OFFLINE": "1"}}
     done = subprocess.run(
         [RAY, "job", "submit", "--address", ray_head.ray_dashboard_url, "--working-dir", str(REPO_ROOT),
@@ -67,6 +87,8 @@ def test_evaluate_toy_job_writes_its_figures_and_logs_them_to_mlflow(ray_head, s
     assert set(result["attention"]["per_segment"]) == variants and result["attention"]["best"] in variants
     assert all(len(curve["validity"]) == 4 for curve in result["attention"]["per_segment"].values())
     assert result["config"]["stories"] == 2 and result["models"]["mllm"]["version"] == story_models.versions["mllm"]
+    assert result["config"]["sampler"] == {"steps": story_models.config.model.scheduler.inference_steps,
+                                           "guidance_scale": 2.0}
     assert storage.read_bytes(f"{root}/eval/toy_eval.png").startswith(b"\x89PNG")
 
     client = MlflowClient()
