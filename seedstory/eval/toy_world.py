@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 
 from seedstory import figures
+from seedstory.config.model import SchedulerConfig
 from seedstory.data.layout import StoryLayout
 from seedstory.data.pixels import vit_pixels
 from seedstory.data.toyworld.judge import Judge, coherence_of_facts, consistency_of_facts
 from seedstory.data.toyworld.validity import caption_validity
 from seedstory.eval.held_out import HeldOutStory
-from seedstory.config.model import SchedulerConfig
 from seedstory.generation import pipeline as story_pipeline
 from seedstory.generation.pipeline import StoryPipeline, to_image
 from seedstory.models.detokenizer import Detokenizer

@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 from seedstory import storage
 from seedstory.config import load_config
 from seedstory.data.toyworld.generate import write_toy_world
-from seedstory.generation.pipeline import to_image
 from seedstory.eval.toy_world import beyond_training_length, overall, paint, per_segment
+from seedstory.generation.pipeline import to_image
 from seedstory.models.detokenizer import build_detokenizer
 from tests.conftest import REPO_ROOT
 
