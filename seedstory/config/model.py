@@ -225,6 +225,11 @@ class LossConfig(Section):
         "weight min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v-prediction), which stops the nearly clean "
         "timesteps from dominating the gradient; null: the plain MSE SD-XL trains with",
     )
+    snr_floor: float | None = Field(
+        None, gt=0, description="stages 1 and 3: the least weight of a timestep, in the same SNR terms (truncated-SNR "
+        "weighting, max(SNR, floor)): under Min-SNR alone the noisiest timesteps, where a picture's layout is "
+        "decided, weigh almost nothing; v-prediction only; null: no floor",
+    )
     vae_kl: float = Field(
         1e-6, ge=0, description="weight of the KL term in VAE pretraining (reconstruction error + vae_kl * KL, "
         "both summed per image as SD's VAE weighs them)",
@@ -233,6 +238,12 @@ class LossConfig(Section):
         10.0, ge=0, description="VAE pretraining: extra weight of the squared error on pixels whose colour differs "
         "from their image's median (small objects on flat backgrounds); 0: plain mean squared error",
     )
+
+    @model_validator(mode="after")
+    def _weighting(self) -> LossConfig:
+        if None not in (self.snr_floor, self.snr_gamma) and self.snr_floor > self.snr_gamma:
+            raise ValueError(f"loss.snr_floor ({self.snr_floor}) must not exceed loss.snr_gamma ({self.snr_gamma})")
+        return self
 
 
 class ModelConfig(Section):
@@ -269,4 +280,7 @@ class ModelConfig(Section):
         if self.unet.sample_size * self.vae.downsampling != self.sd_image_size:
             raise ValueError(f"unet.sample_size ({self.unet.sample_size}) x the VAE's downsampling "
                              f"({self.vae.downsampling}) must equal sd_image_size ({self.sd_image_size})")
+        if self.loss.snr_floor is not None and self.scheduler.prediction_type == "epsilon":
+            raise ValueError("loss.snr_floor needs scheduler.prediction_type v_prediction: an epsilon prediction's "
+                             "weight max(SNR, floor) / SNR is unbounded at the noisiest timesteps")
         return self

@@ -84,9 +84,11 @@ def test_the_vae_scaling_factor_comes_with_its_weights_unless_the_config_sets_it
         build_detokenizer(disagreeing)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_min_snr_weighs_each_sample_by_its_timesteps_snr(detokenizer, tiny, prediction_type):
-    config = tiny.model_copy(update={"loss": tiny.loss.model_copy(update={"snr_gamma": 5.0}),
+@pytest.mark.parametrize(("prediction_type", "gamma", "floor"),
+                         [("epsilon", 5.0, None), ("v_prediction", 5.0, None), ("v_prediction", 5.0, 1.0),
+                          ("v_prediction", None, 1.0)])
+def test_snr_weighting_weighs_each_sample_by_its_timesteps_snr(detokenizer, tiny, prediction_type, gamma, floor):
+    config = tiny.model_copy(update={"loss": tiny.loss.model_copy(update={"snr_gamma": gamma, "snr_floor": floor}),
                                      "scheduler": tiny.scheduler.model_copy(update={"prediction_type": prediction_type})})
     weighted = copy.copy(detokenizer)
     weighted.config, weighted.scheduler = config, noise_scheduler(config)
@@ -107,13 +109,16 @@ def test_min_snr_weighs_each_sample_by_its_timesteps_snr(detokenizer, tiny, pred
                                        *weighted.conditions(conditions), weighted.time_ids(16))
     alpha_bar = weighted.scheduler.alphas_cumprod[timesteps]
     snr = alpha_bar / (1 - alpha_bar)
+    kept = snr.clamp(min=floor, max=gamma)
     if prediction_type == "epsilon":
-        target, weights = noise, snr.clamp(max=5.0) / snr
+        target, weights = noise, kept / snr
     else:
         signal, sigma = alpha_bar.sqrt().view(-1, 1, 1, 1), (1 - alpha_bar).sqrt().view(-1, 1, 1, 1)
-        target, weights = signal * noise - sigma * latents, snr.clamp(max=5.0) / (snr + 1)
+        target, weights = signal * noise - sigma * latents, kept / (snr + 1)
     per_sample = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
-    assert (weights < 1).any() and (snr < 5).any()
+    assert (weights < 1).any()
+    assert gamma is None or (snr > gamma).any()  # the draws reach both clamps
+    assert floor is None or (snr < floor).any()
     assert loss.item() == pytest.approx((weights * per_sample).mean().item(), rel=1e-5)
     assert unweighted.item() == pytest.approx(per_sample.mean().item(), rel=1e-5)
 
@@ -139,6 +144,13 @@ def test_zero_terminal_snr_trains_and_paints_from_pure_noise(tiny):
 def test_zero_terminal_snr_needs_velocity_prediction(tiny):
     with pytest.raises(ValueError, match="rescale_betas_zero_snr needs prediction_type v_prediction"):
         tiny.scheduler.model_validate({**tiny.scheduler.model_dump(), "rescale_betas_zero_snr": True})
+
+
+def test_snr_floor_needs_velocity_prediction_and_at_most_gamma(tiny):
+    with pytest.raises(ValueError, match="snr_floor needs scheduler.prediction_type v_prediction"):
+        tiny.model_validate({**tiny.model_dump(), "loss": {"snr_floor": 1.0}})
+    with pytest.raises(ValueError, match=r"snr_floor \(6.0\) must not exceed loss.snr_gamma \(5.0\)"):
+        tiny.loss.model_validate({"snr_gamma": 5.0, "snr_floor": 6.0})
 
 
 def test_conditions_pooled_from_features_keep_where_each_token_was(tiny):
