@@ -148,10 +148,10 @@ class Detokenizer(nn.Module):
         prediction = self._predict(noisy, timesteps, hidden, pooled, time_ids)
         epsilon = self.scheduler.config.prediction_type == "epsilon"
         target = noise if epsilon else self.scheduler.get_velocity(latents, noise, timesteps)
-        weights, loss = None, self.config.loss
-        if loss.snr_gamma is not None or loss.snr_floor is not None:
+        weights, floor, gamma = None, self.config.loss.snr_floor, self.config.loss.snr_gamma
+        if floor is not None or gamma is not None:
             snr = compute_snr(self.scheduler, timesteps)
-            weights = snr.clamp(min=loss.snr_floor, max=loss.snr_gamma) / (snr if epsilon else snr + 1)
+            weights = snr.clamp(min=floor, max=gamma) / (snr if epsilon else snr + 1)
         return diffusion_mse_loss(prediction, target, weights)
 
     def _vae(self) -> AutoencoderKL:
