@@ -155,6 +155,13 @@ class ConditionAdapterConfig(Section):
         "which token said what (where a thing is). The map has num_queries x output_dim x pooled_dim weights, so it "
         "is for small feature grids: the tiny shapes, not Qwen-VL's 256 x 4096",
     )
+    spatial_channels: int = Field(
+        0, ge=0, description="channels of a map, linear in the flattened input features, at the UNet's sample size, "
+        "given to the UNet as input channels beside the noisy latents (0: none, SD-XL's UNet). It tells every latent "
+        "position what belongs there, which a small UNet trained from scratch learns slowly through cross-attention "
+        "alone. Like ``pooled_from: features`` it is for the tiny shapes: its weights number num_queries x output_dim "
+        "x spatial_channels x sample_size^2",
+    )
 
     @model_validator(mode="after")
     def _square(self) -> ConditionAdapterConfig:

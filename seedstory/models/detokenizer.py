@@ -2,11 +2,14 @@
 
 Text encoders are not used: a condition adapter (a Q-Former-style resampler, paper appendix
 C.1) turns [K, Nv, Dv] features into ``encoder_hidden_states`` [K, T, cross_attention_dim]
-and pooled ``text_embeds`` [K, pooled_dim]; SD-XL's ``time_ids`` carry the image size.
+and pooled ``text_embeds`` [K, pooled_dim] (and, where configured, a spatial map given to the
+UNet beside the latents); SD-XL's ``time_ids`` carry the image size.
 Pixels are [K, 3, S, S] with S = ``sd_image_size``: in [-1, 1] for ``loss``, [0, 1] out of ``decode``.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
@@ -20,32 +23,51 @@ from seedstory.models.resampler import Resampler
 from seedstory.models.weights import load_diffusers_weights
 
 
+class Conditions(NamedTuple):
+    """What the UNet is conditioned on: cross-attention tokens [K, T, C], SD-XL's pooled ``text_embeds`` [K, P] and
+    the spatial map [K, M, S, S] that goes in beside the latents (None without one)."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor
+    spatial: torch.Tensor | None
+
+    def cat(self, other: Conditions) -> Conditions:
+        """Both batches in one, ``self``'s rows first (classifier-free guidance's empty and real conditions)."""
+        return Conditions(*(None if mine is None else torch.cat([mine, theirs]) for mine, theirs in zip(self, other)))
+
+
 class ConditionAdapter(nn.Module):
-    """[K, Nv, Dv] -> (encoder_hidden_states [K, T, C], text_embeds [K, P])."""
+    """[K, Nv, Dv] -> ``Conditions``."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         width, pooled = config.unet.cross_attention_dim, config.unet.pooled_dim
+        flat = config.vit.num_queries * config.vit.output_dim
         self.pooled_from = config.condition_adapter.pooled_from
         self.resampler = Resampler(config.condition_adapter.num_tokens, width, config.condition_adapter.heads,
                                    kv_dim=config.vit.output_dim, norm_eps=1e-5)
         if self.pooled_from == "tokens":
             self.pool = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, pooled))
         else:
-            flat = config.vit.num_queries * config.vit.output_dim
             self.pool = nn.Sequential(nn.Flatten(1), nn.LayerNorm(flat), nn.Linear(flat, pooled))
+        channels, side = config.condition_adapter.spatial_channels, config.unet.sample_size
+        self.spatial = nn.Sequential(nn.Flatten(1), nn.Linear(flat, channels * side * side),
+                                     nn.Unflatten(1, (channels, side, side))) if channels else None
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor) -> Conditions:
         features = features.to(self.resampler.query.dtype)
         tokens = self.resampler(features)
-        return tokens, self.pool(tokens.mean(dim=1) if self.pooled_from == "tokens" else features)
+        pooled = self.pool(tokens.mean(dim=1) if self.pooled_from == "tokens" else features)
+        return Conditions(tokens, pooled, None if self.spatial is None else self.spatial(features))
 
 
 def unet_config(config: ModelConfig) -> dict:
-    """The diffusers UNet2DConditionModel config (the SD-XL base UNet's for the paper preset)."""
-    unet = config.unet
+    """The diffusers UNet2DConditionModel config (the SD-XL base UNet's for the paper preset); a spatial condition
+    map adds input channels after the latents'."""
+    unet, latent_channels = config.unet, config.vae.latent_channels
     return dict(
-        sample_size=unet.sample_size, in_channels=config.vae.latent_channels, out_channels=config.vae.latent_channels,
+        sample_size=unet.sample_size, in_channels=latent_channels + config.condition_adapter.spatial_channels,
+        out_channels=latent_channels,
         down_block_types=tuple(unet.down_block_types), up_block_types=tuple(unet.up_block_types),
         block_out_channels=tuple(unet.block_out_channels), layers_per_block=unet.layers_per_block,
         transformer_layers_per_block=tuple(unet.transformer_layers_per_block),
@@ -110,19 +132,22 @@ class Detokenizer(nn.Module):
         size = self.config.sd_image_size
         return torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32, device=device).repeat(batch, 1)
 
-    def conditions(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(encoder_hidden_states, text_embeds) for ViT-shaped features [K, Nv, Dv]."""
+    def conditions(self, features: torch.Tensor) -> Conditions:
+        """The UNet's conditions for ViT-shaped features [K, Nv, Dv]."""
         expected = (self.config.vit.num_queries, self.config.vit.output_dim)
         if features.dim() != 3 or tuple(features.shape[1:]) != expected:
             raise ValueError(f"features must be [K, {expected[0]}, {expected[1]}], got {list(features.shape)}")
         return self.adapter(features)
 
-    def _predict(self, latents: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor,
+    def _predict(self, latents: torch.Tensor, timesteps: torch.Tensor, conditions: Conditions,
                  time_ids: torch.Tensor) -> torch.Tensor:
         dtype = self.unet.dtype
+        latents = latents.to(dtype)
+        if conditions.spatial is not None:
+            latents = torch.cat([latents, conditions.spatial.to(dtype)], dim=1)
         return self.unet(
-            latents.to(dtype), timesteps, encoder_hidden_states=hidden.to(dtype),
-            added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)},
+            latents, timesteps, encoder_hidden_states=conditions.hidden.to(dtype),
+            added_cond_kwargs={"text_embeds": conditions.pooled.to(dtype), "time_ids": time_ids.to(dtype)},
         ).sample
 
     def loss(self, pixel_values: torch.Tensor, features: torch.Tensor, time_ids: torch.Tensor | None = None,
@@ -143,9 +168,8 @@ class Detokenizer(nn.Module):
         if dropout > 0 and self.training:  # val losses judge the conditioned model, as it paints
             keep = torch.rand(batch, generator=generator, device=device) >= dropout
             features = features * keep.to(device=features.device, dtype=features.dtype).view(-1, 1, 1)
-        hidden, pooled = self.conditions(features)
         time_ids = self.time_ids(batch, device) if time_ids is None else time_ids
-        prediction = self._predict(noisy, timesteps, hidden, pooled, time_ids)
+        prediction = self._predict(noisy, timesteps, self.conditions(features), time_ids)
         epsilon = self.scheduler.config.prediction_type == "epsilon"
         target = noise if epsilon else self.scheduler.get_velocity(latents, noise, timesteps)
         weights, floor, gamma = None, self.config.loss.snr_floor, self.config.loss.snr_gamma
@@ -173,18 +197,17 @@ class Detokenizer(nn.Module):
         sampler = EulerDiscreteScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
         device, batch = features.device, features.shape[0]
         sampler.set_timesteps(steps, device=device)
-        hidden, pooled = self.conditions(features)
+        conditions = self.conditions(features)
         time_ids = self.time_ids(batch, device) if time_ids is None else time_ids
         if guidance > 1:
-            empty_hidden, empty_pooled = self.conditions(torch.zeros_like(features))
-            hidden, pooled = torch.cat([empty_hidden, hidden]), torch.cat([empty_pooled, pooled])
+            conditions = self.conditions(torch.zeros_like(features)).cat(conditions)
             time_ids = torch.cat([time_ids, time_ids])
         side = self.config.unet.sample_size
         shape = (batch, self.config.vae.latent_channels, side, side)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32) * sampler.init_noise_sigma
         for t in sampler.timesteps:
             model_input = torch.cat([latents, latents]) if guidance > 1 else latents
-            prediction = self._predict(sampler.scale_model_input(model_input, t), t, hidden, pooled, time_ids).float()
+            prediction = self._predict(sampler.scale_model_input(model_input, t), t, conditions, time_ids).float()
             if guidance > 1:
                 empty, conditioned = prediction.chunk(2)
                 prediction = empty + guidance * (conditioned - empty)

@@ -19,9 +19,10 @@ def features(config, batch=2, seed=0):
 
 
 def test_condition_shapes(detokenizer, tiny):
-    hidden, pooled = detokenizer.conditions(features(tiny))
+    hidden, pooled, spatial = detokenizer.conditions(features(tiny))
     assert hidden.shape == (2, tiny.condition_adapter.num_tokens, tiny.unet.cross_attention_dim)
     assert pooled.shape == (2, tiny.unet.pooled_dim)
+    assert spatial is None and detokenizer.unet.config.in_channels == tiny.vae.latent_channels
     assert detokenizer.time_ids(2).tolist() == [[64, 64, 0, 0, 64, 64]] * 2
 
 
@@ -51,8 +52,9 @@ def test_paper_detokenizer_on_meta_is_sdxl(paper):
     detokenizer = build_detokenizer(paper, device="meta")
     assert sum(p.numel() for p in detokenizer.unet.parameters()) == 2_567_463_684
     assert sum(p.numel() for p in detokenizer.vae.parameters()) == 83_653_863
-    hidden, pooled = detokenizer.conditions(torch.empty(1, 256, 4096, device="meta"))
-    assert hidden.shape == (1, 64, 2048) and pooled.shape == (1, 1280)
+    hidden, pooled, spatial = detokenizer.conditions(torch.empty(1, 256, 4096, device="meta"))
+    assert hidden.shape == (1, 64, 2048) and pooled.shape == (1, 1280) and spatial is None
+    assert detokenizer.unet.config.in_channels == 4
     assert detokenizer.unet.config.projection_class_embeddings_input_dim == 2816
 
 
@@ -106,7 +108,7 @@ def test_snr_weighting_weighs_each_sample_by_its_timesteps_snr(detokenizer, tiny
         noise = torch.randn(latents.shape, generator=draws)
         timesteps = torch.randint(0, 1000, (16,), generator=draws)
         prediction = weighted._predict(weighted.scheduler.add_noise(latents, noise, timesteps), timesteps,
-                                       *weighted.conditions(conditions), weighted.time_ids(16))
+                                       weighted.conditions(conditions), weighted.time_ids(16))
     alpha_bar = weighted.scheduler.alphas_cumprod[timesteps]
     snr = alpha_bar / (1 - alpha_bar)
     kept = snr.clamp(min=floor, max=gamma)
@@ -158,7 +160,7 @@ def test_conditions_pooled_from_features_keep_where_each_token_was(tiny):
     torch.manual_seed(0)
     adapter = ConditionAdapter(config)
     frames = features(config, batch=2)
-    hidden, pooled = adapter(frames)
+    hidden, pooled, _ = adapter(frames)
     assert hidden.shape == (2, tiny.condition_adapter.num_tokens, tiny.unet.cross_attention_dim)
     norm, linear = adapter.pool[1], adapter.pool[2]
     assert linear.in_features == tiny.vit.num_queries * tiny.vit.output_dim
@@ -166,6 +168,32 @@ def test_conditions_pooled_from_features_keep_where_each_token_was(tiny):
     moved = frames.clone()  # the same tokens, two of them swapped: a thing on the left is now on the right
     moved[:, [0, 3]] = frames[:, [3, 0]]
     assert not torch.allclose(adapter(moved)[1], pooled)
+
+
+def test_a_spatial_map_of_the_features_goes_to_the_unet_beside_the_latents(tiny):
+    config = tiny.model_copy(update={"condition_adapter": tiny.condition_adapter.model_copy(update={"spatial_channels": 2})})
+    torch.manual_seed(0)
+    detokenizer = build_detokenizer(config).eval()
+    side, latent_channels = tiny.unet.sample_size, tiny.vae.latent_channels
+    assert detokenizer.unet.config.in_channels == latent_channels + 2
+    frames = features(config, batch=3)
+    conditions = detokenizer.conditions(frames)
+    linear = detokenizer.adapter.spatial[1]
+    assert linear.in_features == tiny.vit.num_queries * tiny.vit.output_dim
+    assert torch.equal(conditions.spatial, linear(frames.flatten(1)).view(3, 2, side, side))
+    guided = detokenizer.conditions(torch.zeros_like(frames)).cat(conditions)
+    assert guided.spatial.shape == (6, 2, side, side) and torch.equal(guided.spatial[3:], conditions.spatial)
+
+    latents = torch.randn(3, latent_channels, side, side, generator=torch.Generator().manual_seed(1))
+    timesteps, time_ids = torch.tensor([10, 500, 990]), detokenizer.time_ids(3)
+    with torch.no_grad():
+        prediction = detokenizer._predict(latents, timesteps, conditions, time_ids)
+        moved = conditions._replace(spatial=conditions.spatial.roll(1, dims=-1))  # the same map, one column over
+        assert prediction.shape == latents.shape
+        assert not torch.allclose(detokenizer._predict(latents, timesteps, moved, time_ids), prediction)
+        loss = detokenizer.denoising_loss(latents, frames, generator=torch.Generator().manual_seed(2))
+        images = detokenizer.decode(frames, steps=2, generator=torch.Generator().manual_seed(0), guidance_scale=3.0)
+    assert torch.isfinite(loss) and images.shape == (3, 3, tiny.sd_image_size, tiny.sd_image_size)
 
 
 def test_condition_dropout_trains_the_empty_condition_and_never_touches_validation(tiny):

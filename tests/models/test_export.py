@@ -69,7 +69,7 @@ def test_mllm_with_lora_round_trips(root, tiny, token_ids, tokenizer, story_batc
     assert torch.equal(before.regressed, after.regressed)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "toy"])  # toy: velocity to pure noise, conditions pooled from features
+@pytest.mark.parametrize("preset", ["tiny", "toy"])  # toy: velocity to pure noise, pooled and spatial conditions
 def test_vit_and_detokenizer_round_trip(root, preset, weights_cache):
     model = load_config(preset).model
     torch.manual_seed(0)
