@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:  # the data pipeline's decoding actors import this module; transformers costs each one a second
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 BOI = "<img>"
 EOI = "</img>"
@@ -63,6 +66,8 @@ def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int, image_tokens: in
     backend.post_processor = processors.TemplateProcessing(  # like LLaMA: BOS first, no EOS
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)],
     )
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
     )

@@ -14,6 +14,11 @@ Each group of stories is one block and one map batch, in order, so every sample 
 position (pass, group, index): the training streams built on this (``seedstory.data.streams``)
 restart from any position without reading what comes before it.
 
+Every Ray Data execution starts its actors afresh, so this module and what it imports stay free of
+torch and transformers (a window cut's tokenizer brings transformers along when it arrives): those
+imports would cost each actor seconds of the CPUs training runs on. The tensors are made on the
+training worker (``seedstory.data.window_collate``).
+
 Validation data is the val split once, in file order, with the windows of pass 0: the same
 samples in the same order at every evaluation. ``validation_set`` materialises it once in the
 object store, so evaluations re-read it without decoding and without taking CPUs from training.
@@ -27,24 +32,23 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
 import ray
-from ray.data.collate_fn import NumpyBatchCollateFn
-import torch
-from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
 from seedstory.config.data import DataConfig
 from seedstory.data.badrecords import BadRecord, BadRecordError, BadRecordLedger, FailureBudgetExceeded
-from seedstory.data.layout import IGNORE_INDEX
 from seedstory.data.pixels import pixel_bytes
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.stories import Story
 from seedstory.data.story_sets import Split, StorySet, split_stories
 from seedstory.data.windows import window_count
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -334,40 +338,3 @@ def validation_set(stage: Stage, config: SeedStoryConfig,
                          f"than one per worker ({settings.num_workers}): give it more stories, or set "
                          f"train.{stage}.val_every=null to train without validation")
     return val, report
-
-
-class WindowCollate(NumpyBatchCollateFn):
-    """Pads a batch of windows: ids with ``pad_id``, labels with -100; images are concatenated
-    (``[sum of num_images, 3, H, W]``, sample order, each sample's target last) for one ViT pass."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        lengths = [len(ids) for ids in batch["input_ids"]]
-        width = max(lengths)
-        size = len(lengths)
-        input_ids = torch.full((size, width), self.pad_id, dtype=torch.long)
-        labels = torch.full((size, width), IGNORE_INDEX, dtype=torch.long)
-        image_mask = torch.zeros((size, width), dtype=torch.bool)
-        attention_mask = torch.zeros((size, width), dtype=torch.long)
-        for row, length in enumerate(lengths):
-            input_ids[row, :length] = torch.as_tensor(batch["input_ids"][row])
-            labels[row, :length] = torch.as_tensor(batch["labels"][row])
-            image_mask[row, :length] = torch.as_tensor(batch["image_mask"][row])
-            attention_mask[row, :length] = 1
-        out = {"input_ids": input_ids, "labels": labels, "image_mask": image_mask, "attention_mask": attention_mask,
-               "num_images": torch.tensor(np.asarray(batch["num_images"], dtype=np.int64)),
-               "vit_pixels": torch.cat([torch.as_tensor(np.asarray(p)) for p in batch["vit_pixels"]])}
-        if "sd_pixels" in batch:
-            out["sd_pixels"] = torch.as_tensor(np.stack(list(batch["sd_pixels"])))
-            out["add_time_ids"] = torch.as_tensor(np.stack(list(batch["add_time_ids"])))
-        return out
-
-
-def target_images(num_images: torch.Tensor) -> torch.Tensor:
-    """[sum(num_images)] bool: each window's last image, the one to generate (``WindowCollate``'s order)."""
-    ends = torch.cumsum(num_images, dim=0) - 1
-    mask = torch.zeros(int(num_images.sum()), dtype=torch.bool, device=num_images.device)
-    mask[ends] = True
-    return mask

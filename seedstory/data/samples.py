@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from transformers import PreTrainedTokenizerBase
 
 from seedstory.data.layout import StoryLayout
 from seedstory.data.pixels import sd_target, vit_pixels
 from seedstory.data.windows import story_windows
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def stage1_samples(images: Sequence[Image.Image], vit_size: int, sd_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -2,6 +2,8 @@
 
 import itertools
 import json
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
@@ -18,12 +20,13 @@ from ray.train.torch import TorchTrainer
 from seedstory.config import load_config
 from seedstory.data.layout import IGNORE_INDEX
 from seedstory.data.badrecords import FailureBudgetExceeded
-from seedstory.data.pipeline import (FrameCut, StoryLedger, StorySamples, WindowCollate, decode_pool, groups_of,
-                                     passes_for, samples_per_pass, stage_cut, stage_dataset, validation_set)
+from seedstory.data.pipeline import (FrameCut, StoryLedger, StorySamples, decode_pool, groups_of, passes_for,
+                                     samples_per_pass, stage_cut, stage_dataset, validation_set)
 from seedstory.data.streams import StoryStream, groups_per_execution, stage_stream
 from seedstory.data.sources import StoryLine
 from seedstory.data.story_sets import ReleasedStories, split_stories
 from seedstory.data.toyworld.generate import toy_story, write_toy_world
+from seedstory.data.window_collate import WindowCollate
 from seedstory.data.windows import story_windows, window_count
 from seedstory.storage import write_bytes
 from seedstory.tokenizer import build_tiny_tokenizer, image_token_ids
@@ -398,3 +401,10 @@ def test_the_decode_pool_grows_into_the_cpus_training_leaves_free(toy, ray_clust
     config.data.decode_concurrency = 3
     pool = decode_pool(config.data, reserved_cpus=1.0)
     assert (pool.min_size, pool.max_size) == (3, 3)
+
+
+def test_a_decoding_actor_imports_neither_torch_nor_transformers():
+    """Every Ray Data execution of a stream starts its decoding actors afresh, and on a busy node those two
+    imports cost each actor seconds of the CPU training runs on; a tokenizer in a window cut brings in what it needs."""
+    probe = "import sys, seedstory.data.pipeline; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers'}))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"

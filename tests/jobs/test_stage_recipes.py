@@ -18,10 +18,10 @@ from jobs.story_instruct import StoryInstruct
 from seedstory.config import load_config
 from seedstory.config.train import StageConfig
 from seedstory.data.images import decode_image, encode_image
-from seedstory.data.pipeline import target_images
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.toyworld.generate import toy_story
 from seedstory.data.toyworld.render import render_frame
+from seedstory.data.window_collate import target_images
 from seedstory.models.export import load_detokenizer, load_mllm
 from seedstory.training.base_recipes import ClipPretrain, LLMPretrain, VAEPretrain
 from seedstory.training.recipe import feed
@@ -117,10 +117,6 @@ def test_inputs_are_checked_before_any_worker_starts(config):
     partitioned.train.story_instruct.zero_stage = 3
     with pytest.raises(ValueError, match="zero_stage=3 is not supported"):
         StoryInstruct.check_inputs(partitioned, {})
-
-
-def test_target_images_marks_each_windows_last_image():
-    assert target_images(torch.tensor([2, 1, 3])).tolist() == [False, True, True, False, False, True]
 
 
 def test_stage1_trains_adapter_and_unet_and_exports_them(config, frames, tmp_path):

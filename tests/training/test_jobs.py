@@ -34,10 +34,10 @@ from transformers import LlamaForCausalLM
 from seedstory import storage
 from seedstory.config import load_config
 from seedstory.data.images import decode_image, encode_image
-from seedstory.data.pipeline import WindowCollate, target_images
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.toyworld.generate import split_of, toy_story, write_toy_world
 from seedstory.data.toyworld.render import render_frame
+from seedstory.data.window_collate import WindowCollate, target_images
 from seedstory.models.detokenizer import Detokenizer, build_detokenizer
 from seedstory.models.export import load_detokenizer, load_mllm
 from seedstory.models.vit import build_vit

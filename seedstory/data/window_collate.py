@@ -1,0 +1,47 @@
+"""A batch of stage-2/3 windows as tensors, on the training worker (the decoding actors that cut the
+windows never import torch, so each one starts without it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from seedstory.data.layout import IGNORE_INDEX
+
+
+class WindowCollate(NumpyBatchCollateFn):
+    """Pads a batch of windows: ids with ``pad_id``, labels with -100; images are concatenated
+    (``[sum of num_images, 3, H, W]``, sample order, each sample's target last) for one ViT pass."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        lengths = [len(ids) for ids in batch["input_ids"]]
+        width = max(lengths)
+        size = len(lengths)
+        input_ids = torch.full((size, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((size, width), IGNORE_INDEX, dtype=torch.long)
+        image_mask = torch.zeros((size, width), dtype=torch.bool)
+        attention_mask = torch.zeros((size, width), dtype=torch.long)
+        for row, length in enumerate(lengths):
+            input_ids[row, :length] = torch.as_tensor(batch["input_ids"][row])
+            labels[row, :length] = torch.as_tensor(batch["labels"][row])
+            image_mask[row, :length] = torch.as_tensor(batch["image_mask"][row])
+            attention_mask[row, :length] = 1
+        out = {"input_ids": input_ids, "labels": labels, "image_mask": image_mask, "attention_mask": attention_mask,
+               "num_images": torch.tensor(np.asarray(batch["num_images"], dtype=np.int64)),
+               "vit_pixels": torch.cat([torch.as_tensor(np.asarray(p)) for p in batch["vit_pixels"]])}
+        if "sd_pixels" in batch:
+            out["sd_pixels"] = torch.as_tensor(np.stack(list(batch["sd_pixels"])))
+            out["add_time_ids"] = torch.as_tensor(np.stack(list(batch["add_time_ids"])))
+        return out
+
+
+def target_images(num_images: torch.Tensor) -> torch.Tensor:
+    """[sum(num_images)] bool: each window's last image, the one to generate (``WindowCollate``'s order)."""
+    ends = torch.cumsum(num_images, dim=0) - 1
+    mask = torch.zeros(int(num_images.sum()), dtype=torch.bool, device=num_images.device)
+    mask[ends] = True
+    return mask
