@@ -51,6 +51,8 @@ def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int, image_tokens: in
     Byte-level means no input is ever unknown; a small corpus may stop BPE short of
     ``vocab_size`` merges, so the model side must size its embeddings from ``len(tokenizer)``.
     """
+    from transformers import PreTrainedTokenizerFast  # here, not at the top: see the import there
+
     specials = [BOS, EOS, UNK, PAD]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet) + len(specials):
@@ -66,8 +68,6 @@ def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int, image_tokens: in
     backend.post_processor = processors.TemplateProcessing(  # like LLaMA: BOS first, no EOS
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)],
     )
-    from transformers import PreTrainedTokenizerFast
-
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
     )
