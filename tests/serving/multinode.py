@@ -42,16 +42,21 @@ def replicas() -> dict[str, dict[str, str]]:
     return placed
 
 
-def settled_replicas(timeout_s: float = 120.0) -> dict[str, dict[str, str]]:
-    """``replicas()`` once the writer and both painters are alive: Serve replaces a replica lost with its node
-    in the background, and one that comes up later would read as a change in the actor table."""
+def settled_replicas(lost_node: str, timeout_s: float = 120.0) -> dict[str, dict[str, str]]:
+    """``replicas()`` once the GCS has marked the lost node dead and the writer and both painters are alive:
+    until the GCS's health checks fail the node, its painter still reads as alive, and Serve's replacement,
+    started later, would read as a change in the actor table."""
     deadline = time.monotonic() + timeout_s
     while True:
+        alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
         placed = replicas()
-        if len(placed.get("writer", {})) == 1 and len(placed.get("painter", {})) == 2:
+        on_live_nodes = all(node in alive for actors in placed.values() for node in actors.values())
+        if (lost_node not in alive and on_live_nodes and len(placed.get("writer", {})) == 1
+                and len(placed.get("painter", {})) == 2):
             return placed
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the replicas never settled at one writer and two painters: {placed}")
+            raise TimeoutError(f"the replicas never settled at one writer and two painters on live nodes "
+                               f"(lost node {lost_node}): {placed}")
         time.sleep(1)
 
 
@@ -104,18 +109,18 @@ def main(out: Path, port: int, overrides: list[str]) -> None:
     report = {"placed": placed, "removed": removed, "seconds": seconds, "events": brief(events),
               "after": [e["type"] for e in after]}
     if os.environ.get("RAY_REDIS_ADDRESS"):
-        report["gcs"] = restart_the_gcs_under_stories(cluster, port)
+        report["gcs"] = restart_the_gcs_under_stories(cluster, port, roles[removed[0]].node_id)
     out.write_text(json.dumps(report, indent=2))
     serve.shutdown()
     ray.shutdown()
     cluster.shutdown()
 
 
-def restart_the_gcs_under_stories(cluster: Cluster, port: int) -> dict:
+def restart_the_gcs_under_stories(cluster: Cluster, port: int, lost_node: str) -> dict:
     """Kill the head's GCS at a story's first text, tell a whole story while it is down, restart it and
     tell one more; the replicas' actor ids before and after show whether the GCS came back with its
     tables or started empty."""
-    before = settled_replicas()
+    before = settled_replicas(lost_node)
     killed: list[float] = []
 
     def kill_the_gcs(event: dict) -> None:
