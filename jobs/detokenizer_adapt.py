@@ -56,8 +56,8 @@ class WindowConditioning(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         features = self.vit(batch["vit_pixels"])
-        regressed = self.mllm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              image_features=features, is_target=target_images(batch["num_images"])).regressed
+        regressed = self.mllm(input_ids=batch["input_ids"], image_features=features,
+                              is_target=target_images(batch["num_images"])).regressed
         return {"latents": encode_frames(self.vae, self.config, batch["sd_pixels"]), "features": regressed,
                 "time_ids": batch["add_time_ids"]}
 

@@ -53,8 +53,8 @@ class StoryInstructModel(nn.Module):
         self.mllm = mllm
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self.mllm(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"],
-                        image_features=inputs["image_features"], is_target=target_images(inputs["num_images"]))
+        out = self.mllm(input_ids=inputs["input_ids"], labels=inputs["labels"], image_features=inputs["image_features"],
+                        is_target=target_images(inputs["num_images"]))
         return {"loss": out.loss, "text_ce": out.text_loss, "image_cosine": out.image_loss}
 
 

@@ -65,6 +65,10 @@ class DataConfig(Section):
         "from (Ray Data local shuffle buffer; 0: stream order); the story stages shuffle by story order and "
         "within each group of preprocess_batch_size stories instead, so that a resume is exact",
     )
+    length_groups: int = Field(
+        3, ge=1, description="micro-batches of the LLM base's stories drawn from the shuffle buffer together, cut "
+        "in order of length and read in a random order, so that each pads less (1: batches as drawn)",
+    )
     decode_concurrency: int | None = Field(
         None, ge=1, description="actors that fetch, decode and cut samples for each Ray Data execution of a training "
         "worker's stream (at most two run at a time: the one read and, from its second half on, the next); unset: Ray "

@@ -112,7 +112,11 @@ def story_text_dataset(texts: list[np.ndarray], config: SeedStoryConfig) -> ray.
 
 
 class TextCollate(NumpyBatchCollateFn):
-    """Pads token ids with ``pad_id``; labels are the ids themselves, -100 on the padding."""
+    """Pads token ids with ``pad_id`` on the right; labels are the ids themselves, -100 on the padding.
+
+    No attention mask: under causal attention no token attends to the pads after it, and their labels
+    are ignored, so the loss is the masked one; without a mask SDPA runs its fused causal kernel (one
+    thread, 8 toy stories: 0.49 s a training step with the mask, 0.35 s without)."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -120,9 +124,8 @@ class TextCollate(NumpyBatchCollateFn):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         lengths = [len(ids) for ids in batch["input_ids"]]
         input_ids = torch.full((len(lengths), max(lengths)), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
         for row, length in enumerate(lengths):
-            input_ids[row, :length] = torch.from_numpy(np.asarray(batch["input_ids"][row], dtype=np.int64))
-            attention_mask[row, :length] = 1
-        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            input_ids[row, :length] = labels[row, :length] = torch.from_numpy(
+                np.asarray(batch["input_ids"][row], dtype=np.int64))
+        return {"input_ids": input_ids, "labels": labels}

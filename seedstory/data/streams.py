@@ -21,7 +21,10 @@ execution's last partial micro-batch is dropped.
 
 ``EpochStream`` (the tiny bases, whose data fits in the object store): the materialised dataset
 split equally, re-read every pass through a local shuffle buffer seeded by (seed, pass, rank);
-a resumed pass re-reads the object store up to its position, decoding nothing.
+a resumed pass re-reads the object store up to its position, decoding nothing. Sequences of
+different lengths (the LLM base's stories) can be grouped by length: a few micro-batches are drawn
+from the buffer together, cut in order of length and read in a seeded random order, so that a
+micro-batch pads less (transformers' ``group_by_length``, its megabatches a few micro-batches wide).
 """
 
 from __future__ import annotations
@@ -172,28 +175,49 @@ class Execution:
 
 @dataclass
 class EpochStream(TrainStream):
-    """A materialised dataset, split equally across the workers and read once per pass."""
+    """A materialised dataset, split equally across the workers and read once per pass; with ``by_length``
+    (a column of sequences), ``length_groups`` micro-batches at a time are grouped by its rows' lengths."""
 
     dataset: ray.data.MaterializedDataset
     seed: int
     shuffle_buffer: int
+    by_length: str | None = None
+    length_groups: int = 1
 
     def batches(self, rank: int, world: int, batch_size: int, collate: NumpyBatchCollateFn,
                 start: Position) -> Iterator[tuple[Batch, Position]]:
         shard = self.dataset.split(world, equal=True)[rank]
         pass_index, skip = start.get("pass", 0), start.get("batches", 0)
+        drawn_together = batch_size * (self.length_groups if self.by_length else 1)
         while True:
             seed = int(np.random.SeedSequence([self.seed, pass_index, rank]).generate_state(1)[0])
+            order = np.random.default_rng(seed)
             delivered = 0
-            for delivered, batch in enumerate(shard.iter_torch_batches(
-                    batch_size=batch_size, collate_fn=collate, drop_last=True,
-                    local_shuffle_buffer_size=self.shuffle_buffer or None, local_shuffle_seed=seed), start=1):
-                if delivered > skip:
-                    yield batch, {"pass": pass_index, "batches": delivered}
+            for drawn in shard.iter_batches(batch_size=drawn_together, batch_format="numpy",
+                                            local_shuffle_buffer_size=self.shuffle_buffer or None,
+                                            local_shuffle_seed=seed):
+                for rows in self._micro_batches(drawn, batch_size, order):
+                    delivered += 1
+                    if delivered > skip:
+                        yield collate(rows), {"pass": pass_index, "batches": delivered}
             if delivered == 0:
                 raise RuntimeError(f"rank {rank}'s share of the training data yields no batch of {batch_size}: "
                                    f"the dataset holds fewer than {batch_size * world} rows")
             pass_index, skip = pass_index + 1, 0
+
+    def _micro_batches(self, drawn: dict[str, np.ndarray], batch_size: int,
+                       order: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
+        """The whole micro-batches in ``drawn`` (rows in shuffled order: the rest is dropped before any sorting,
+        so it is no particular length), by length when grouping, read in a random order."""
+        whole = len(next(iter(drawn.values()))) // batch_size * batch_size
+        rows = np.arange(whole)
+        if self.by_length:
+            rows = rows[np.argsort([len(sequence) for sequence in drawn[self.by_length][:whole]], kind="stable")]
+        cuts = rows.reshape(-1, batch_size)
+        if self.by_length:
+            cuts = cuts[order.permutation(len(cuts))]
+        for cut in cuts:
+            yield {name: column[cut] for name, column in drawn.items()}
 
 
 def groups_per_execution(stage: Stage, config: SeedStoryConfig, stories: StorySet, cut: StageCut) -> int:

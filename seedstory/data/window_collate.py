@@ -11,8 +11,10 @@ from seedstory.data.layout import IGNORE_INDEX
 
 
 class WindowCollate(NumpyBatchCollateFn):
-    """Pads a batch of windows: ids with ``pad_id``, labels with -100; images are concatenated
-    (``[sum of num_images, 3, H, W]``, sample order, each sample's target last) for one ViT pass."""
+    """Pads a batch of windows on the right: ids with ``pad_id``, labels with -100; images are concatenated
+    (``[sum of num_images, 3, H, W]``, sample order, each sample's target last) for one ViT pass. No
+    attention mask, as in ``seedstory.data.story_text.TextCollate``: causal attention never reads the
+    pads after a window, and a mask would keep SDPA off its fused kernel."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -24,13 +26,11 @@ class WindowCollate(NumpyBatchCollateFn):
         input_ids = torch.full((size, width), self.pad_id, dtype=torch.long)
         labels = torch.full((size, width), IGNORE_INDEX, dtype=torch.long)
         image_mask = torch.zeros((size, width), dtype=torch.bool)
-        attention_mask = torch.zeros((size, width), dtype=torch.long)
         for row, length in enumerate(lengths):
             input_ids[row, :length] = torch.as_tensor(batch["input_ids"][row])
             labels[row, :length] = torch.as_tensor(batch["labels"][row])
             image_mask[row, :length] = torch.as_tensor(batch["image_mask"][row])
-            attention_mask[row, :length] = 1
-        out = {"input_ids": input_ids, "labels": labels, "image_mask": image_mask, "attention_mask": attention_mask,
+        out = {"input_ids": input_ids, "labels": labels, "image_mask": image_mask,
                "num_images": torch.tensor(np.asarray(batch["num_images"], dtype=np.int64)),
                "vit_pixels": torch.cat([torch.as_tensor(np.asarray(p)) for p in batch["vit_pixels"]])}
         if "sd_pixels" in batch:

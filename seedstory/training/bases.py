@@ -116,7 +116,7 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
             mlflow.set_tag("seedstory.base_weights", uri)
             if recipe is LLMPretrain:
                 run.fit(EpochStream(story_text_dataset(mixed_in(texts, corpus, data.seed), run.config), data.seed,
-                                    data.shuffle_buffer))
+                                    data.shuffle_buffer, by_length="input_ids", length_groups=data.length_groups))
                 mlflow.log_metrics({"data/stories": float(len(texts)), "data/text_stories": float(len(corpus)),
                                     "data/bad_total": float(bad_texts + bad_corpus)})
             else:

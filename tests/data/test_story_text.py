@@ -6,11 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from seedstory.config import load_config
+from seedstory.data.layout import IGNORE_INDEX
 from seedstory.data.story_text import (
     TextCollate, mixed_in, next_caption_prompt, story_text_dataset, story_text_ids, text_corpus,
 )
+from seedstory.models.mllm import build_llm
 from seedstory.training.base_weights import tiny_tokenizer
 
 
@@ -38,7 +41,20 @@ def test_text_batches_pad_with_ignored_labels(tokenizer):
     batch = TextCollate(pad)({"input_ids": np.array([np.array([1, 2, 3]), np.array([4])], dtype=object)})
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, pad, pad]]
     assert batch["labels"].tolist() == [[1, 2, 3], [4, -100, -100]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert "attention_mask" not in batch
+
+
+def test_a_padded_batch_without_a_mask_has_the_masked_loss_and_each_storys_own_logits(tokenizer):
+    torch.manual_seed(0)
+    llm = build_llm(load_config("tiny").model, vocab_size=len(tokenizer)).eval()
+    stories = [np.arange(3, 40) % len(tokenizer), np.arange(5, 17) % len(tokenizer)]
+    batch = TextCollate(tokenizer.pad_token_id)({"input_ids": np.array(stories, dtype=object)})
+    mask = (batch["labels"] != IGNORE_INDEX).long()
+    with torch.no_grad():
+        unmasked, masked = llm(**batch), llm(**batch, attention_mask=mask)
+        alone = llm(input_ids=torch.as_tensor(stories[1])[None]).logits[0]
+    assert unmasked.loss.item() == pytest.approx(masked.loss.item(), abs=1e-6)
+    torch.testing.assert_close(unmasked.logits[1, :len(stories[1])], alone, atol=1e-5, rtol=0)
 
 
 def test_too_few_stories_for_a_batch_per_worker_is_named(tokenizer):

@@ -17,7 +17,7 @@ def test_windows_of_different_lengths_pad_to_the_longest_and_their_pictures_line
     out = WindowCollate(pad_id=0)(batch)
     assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert out["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
-    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert "attention_mask" not in out
     assert out["image_mask"].tolist() == [[False, True, False], [True, False, False]]
     assert out["vit_pixels"].shape == (3, 3, 4, 4) and out["vit_pixels"][:, 0, 0, 0].tolist() == [2, 2, 1]
     assert out["num_images"].tolist() == [2, 1] and "sd_pixels" not in out

@@ -149,8 +149,8 @@ def test_stage2_trains_the_adapter_and_resamplers_on_text_and_image_terms(config
     assert len(tokenizer) == loaded.layout.vocab_size
     model.eval()
     with torch.no_grad():
-        args = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    image_features=batch["image_features"], is_target=target_images(batch["num_images"]))
+        args = dict(input_ids=batch["input_ids"], image_features=batch["image_features"],
+                    is_target=target_images(batch["num_images"]))
         assert torch.equal(model.mllm(**args).regressed, loaded(**args).regressed)
 
 

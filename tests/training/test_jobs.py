@@ -245,8 +245,8 @@ def test_stage3_export_is_the_trained_unet_and_beats_the_stage1_detokenizer(chai
     batch = collate({name: [s[name] for s in samples] for name in samples[0]})
     with torch.no_grad():
         features = build_vit(config.model)(batch["vit_pixels"])
-        regressed = mllm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         image_features=features, is_target=target_images(batch["num_images"])).regressed
+        regressed = mllm(input_ids=batch["input_ids"], image_features=features,
+                         is_target=target_images(batch["num_images"])).regressed
     start = load_detokenizer(jobs["detokenizer_pretrain"].version.source)
     after = load_detokenizer(job.version.source)
     assert noise_mse(after, batch["sd_pixels"], regressed, batch["add_time_ids"]) < \
