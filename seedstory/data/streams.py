@@ -188,36 +188,57 @@ class EpochStream(TrainStream):
                 start: Position) -> Iterator[tuple[Batch, Position]]:
         shard = self.dataset.split(world, equal=True)[rank]
         pass_index, skip = start.get("pass", 0), start.get("batches", 0)
-        drawn_together = batch_size * (self.length_groups if self.by_length else 1)
+        together = batch_size * (self.length_groups if self.by_length else 1)
         while True:
             seed = int(np.random.SeedSequence([self.seed, pass_index, rank]).generate_state(1)[0])
-            order = np.random.default_rng(seed)
+            drawn = shard.iter_batches(batch_size=together, batch_format="numpy",
+                                       local_shuffle_buffer_size=self.shuffle_buffer or None, local_shuffle_seed=seed)
             delivered = 0
-            for drawn in shard.iter_batches(batch_size=drawn_together, batch_format="numpy",
-                                            local_shuffle_buffer_size=self.shuffle_buffer or None,
-                                            local_shuffle_seed=seed):
-                for rows in self._micro_batches(drawn, batch_size, order):
-                    delivered += 1
-                    if delivered > skip:
-                        yield collate(rows), {"pass": pass_index, "batches": delivered}
+            for rows in self._micro_batches(drawn, together, batch_size, np.random.default_rng(seed)):
+                delivered += 1
+                if delivered > skip:
+                    yield collate(rows), {"pass": pass_index, "batches": delivered}
             if delivered == 0:
                 raise RuntimeError(f"rank {rank}'s share of the training data yields no batch of {batch_size}: "
                                    f"the dataset holds fewer than {batch_size * world} rows")
             pass_index, skip = pass_index + 1, 0
 
-    def _micro_batches(self, drawn: dict[str, np.ndarray], batch_size: int,
+    def _micro_batches(self, drawn: Iterator[dict[str, np.ndarray]], together: int, batch_size: int,
                        order: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
-        """The whole micro-batches in ``drawn`` (rows in shuffled order: the rest is dropped before any sorting,
-        so it is no particular length), by length when grouping, read in a random order."""
-        whole = len(next(iter(drawn.values()))) // batch_size * batch_size
-        rows = np.arange(whole)
+        """A pass's rows ``together`` at a time, whatever sizes the shuffle buffer hands out (Ray Data's can hand
+        out a short batch mid-pass), as whole micro-batches; the last rows that fill none are dropped."""
+        held: dict[str, np.ndarray] = {}
+        for chunk in drawn:
+            held = {name: _joined(held[name], column) if held else column for name, column in chunk.items()}
+            while len(held[next(iter(held))]) >= together:
+                yield from self._cut({name: column[:together] for name, column in held.items()}, batch_size, order)
+                held = {name: column[together:] for name, column in held.items()}
+        if held:
+            yield from self._cut(held, batch_size, order)
+
+    def _cut(self, rows: dict[str, np.ndarray], batch_size: int,
+             order: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
+        """``rows`` (in shuffled order) as whole micro-batches, by length when grouping and then read in a random
+        order; what fills no micro-batch is cut off first, so it is no particular length."""
+        index = np.arange(len(rows[next(iter(rows))]) // batch_size * batch_size)
         if self.by_length:
-            rows = rows[np.argsort([len(sequence) for sequence in drawn[self.by_length][:whole]], kind="stable")]
-        cuts = rows.reshape(-1, batch_size)
+            index = index[np.argsort([len(sequence) for sequence in rows[self.by_length][index]], kind="stable")]
+        cuts = index.reshape(-1, batch_size)
         if self.by_length:
             cuts = cuts[order.permutation(len(cuts))]
         for cut in cuts:
-            yield {name: column[cut] for name, column in drawn.items()}
+            yield {name: column[cut] for name, column in rows.items()}
+
+
+def _joined(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Two batches' column end to end. Ray Data hands out sequences of different lengths as an object array, but
+    a batch whose sequences happen to agree as a 2-D one: those two join as an object array of rows."""
+    if first.dtype != object and second.dtype != object and first.shape[1:] == second.shape[1:]:
+        return np.concatenate([first, second])
+    rows = np.empty(len(first) + len(second), dtype=object)
+    for index, row in enumerate([*first, *second]):
+        rows[index] = row
+    return rows
 
 
 def groups_per_execution(stage: Stage, config: SeedStoryConfig, stories: StorySet, cut: StageCut) -> int:
