@@ -207,12 +207,14 @@ class EpochStream(TrainStream):
                        order: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
         """A pass's rows ``together`` at a time, whatever sizes the shuffle buffer hands out (Ray Data's can hand
         out a short batch mid-pass), as whole micro-batches; the last rows that fill none are dropped."""
-        held: dict[str, np.ndarray] = {}
+        held: dict[str, np.ndarray] | None = None
         for chunk in drawn:
-            held = {name: _joined(held[name], column) if held else column for name, column in chunk.items()}
+            held = {name: _joined(held[name], column) for name, column in chunk.items()} if held else chunk
             while len(held[next(iter(held))]) >= together:
                 yield from self._cut({name: column[:together] for name, column in held.items()}, batch_size, order)
                 held = {name: column[together:] for name, column in held.items()}
+            if not len(held[next(iter(held))]):
+                held = None  # the common case: the next chunk is taken as it comes, not copied
         if held:
             yield from self._cut(held, batch_size, order)
 
@@ -232,8 +234,8 @@ class EpochStream(TrainStream):
 
 def _joined(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Two batches' column end to end. Ray Data hands out sequences of different lengths as an object array, but
-    a batch whose sequences happen to agree as a 2-D one: those two join as an object array of rows."""
-    if first.dtype != object and second.dtype != object and first.shape[1:] == second.shape[1:]:
+    a batch whose sequences happen to agree as a 2-D one: two such batches join as an object array of rows."""
+    if first.shape[1:] == second.shape[1:]:
         return np.concatenate([first, second])
     rows = np.empty(len(first) + len(second), dtype=object)
     for index, row in enumerate([*first, *second]):
