@@ -10,7 +10,7 @@ caption:
   validity (a legal next world state), image-text coherence and frame-to-frame consistency
   (segment 0 against the opening frame);
 - the same free generation for every cache and position mode, scored per segment index, so the
-  default attention is chosen by quality past the training length.
+  default attention is chosen by quality past the training length (and moved only on a clear lead).
 """
 
 from __future__ import annotations
@@ -130,6 +130,40 @@ def beyond_training_length(curves: dict[str, dict[str, list[float | None]]], tra
         if values:
             beyond[name] = float(np.mean(values))
     return beyond
+
+
+SWITCH_STANDARD_ERRORS = 2.0  # how clearly a variant must lead the default before the default moves
+
+
+def leads_over(curves: dict[str, dict[str, list[float | None]]], default: str,
+               training_frames: int) -> dict[str, dict[str, float]]:
+    """Each variant's lead over ``default`` past the training length, paired by segment: the mean of the
+    differences of each segment's mean score, and their standard error. Segments are paired because every
+    variant writes the same stories from the same openings, and the stories' difficulty drifts with length."""
+    def segment_means(scores: dict[str, list[float | None]]) -> list[float | None]:
+        columns = zip(*scores.values())
+        return [None if None in column else float(np.mean(column)) for column in columns]
+
+    if default not in curves:
+        return {}
+    reference = segment_means(curves[default])[training_frames:]
+    leads = {}
+    for name, scores in curves.items():
+        pairs = [(a, b) for a, b in zip(segment_means(scores)[training_frames:], reference)
+                 if a is not None and b is not None]
+        if name != default and len(pairs) >= 2:
+            differences = np.array([a - b for a, b in pairs])
+            leads[name] = {"difference": float(differences.mean()),
+                           "standard_error": float(differences.std(ddof=1) / np.sqrt(len(differences)))}
+    return leads
+
+
+def clear_leader(leads: dict[str, dict[str, float]]) -> str | None:
+    """The variant that leads the default by the most, among those leading by more than
+    ``SWITCH_STANDARD_ERRORS`` standard errors; None keeps the default."""
+    clear = {name: lead["difference"] for name, lead in leads.items()
+             if lead["difference"] > SWITCH_STANDARD_ERRORS * lead["standard_error"]}
+    return max(clear, key=clear.get) if clear else None
 
 
 def plot_per_segment(curves: dict[str, dict[str, list[float | None]]], training_frames: int) -> bytes:

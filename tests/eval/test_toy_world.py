@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from seedstory import storage
 from seedstory.config import load_config
 from seedstory.data.toyworld.generate import write_toy_world
-from seedstory.eval.toy_world import beyond_training_length, overall, paint, per_segment
+from seedstory.eval.toy_world import beyond_training_length, clear_leader, leads_over, overall, paint, per_segment
 from seedstory.generation.pipeline import to_image
 from seedstory.models.detokenizer import build_detokenizer
 from tests.conftest import REPO_ROOT
@@ -53,6 +53,24 @@ def test_variants_are_compared_only_past_the_training_length():
     assert beyond_training_length(curves, 4) == {}
 
 
+def test_the_default_moves_only_to_a_variant_leading_it_by_more_than_two_standard_errors():
+    def curve(values: list[float | None]) -> dict[str, list[float | None]]:
+        return {"validity": values, "coherence": values}
+
+    curves = {"window": curve([0.9, 0.5, 0.5, 0.5, 0.5]),
+              "steady": curve([0.0, 0.6, 0.62, 0.61, 0.6]),  # +0.1 past the first segment, little spread
+              "noisy": curve([0.0, 0.8, 0.3, 0.8, 0.3]),  # +0.05 on average, standard error 0.144
+              "stopped": curve([1.0, 1.0, None, None, None])}
+    leads = leads_over(curves, "window", 1)
+    assert set(leads) == {"steady", "noisy"}  # no variant is compared with itself or on one segment
+    assert leads["steady"]["difference"] == pytest.approx(0.1075)
+    assert leads["noisy"] == pytest.approx({"difference": 0.05, "standard_error": 0.5 / np.sqrt(3) / 2})
+    assert clear_leader(leads) == "steady"
+    del leads["steady"]
+    assert clear_leader(leads) is None  # noisy leads, but by a third of a standard error
+    assert leads_over(curves, "dense", 1) == {}
+
+
 def test_overall_scores_a_story_that_ended_early_zero_for_what_it_missed():
     runs = [{"validity": [1.0, 1.0], "coherence": [1.0, 1.0], "consistency": [1.0, 1.0]},
             {"validity": [1.0], "coherence": [1.0], "consistency": [1.0]}]
@@ -66,7 +84,7 @@ def test_evaluate_toy_job_writes_its_figures_and_logs_them_to_mlflow(ray_head, s
                                                            "max_frames": 12})
     summary = write_toy_world(toy, f"{root}/toy")
     overrides = [*story_models.overrides, f"data.test_jsonl=[{summary['jsonl']['test']}]",
-                 f"data.image_root={summary['image_root']}", "data.window_frames=3", "tracking.experiment=toy-eval",
+                 f"data.image_root={summary['image_root']}", "data.window_frames=2", "tracking.experiment=toy-eval",
                  "model.scheduler.guidance_scale=2.0"]
     runtime_env = {"env_vars": {"SEEDSTORY_WEIGHTS_CACHE": str(weights_cache), "HF_HUB_OFFLINE": "1"}}
     done = subprocess.run(
@@ -85,6 +103,10 @@ def test_evaluate_toy_job_writes_its_figures_and_logs_them_to_mlflow(ray_head, s
         assert f"{'PASS' if target['ok'] else 'MISS'} {name}" in done.stdout
     variants = {"dense", "window", "sink/absolute", "sink/rerotate", "mm-sink/absolute", "mm-sink/rerotate"}
     assert set(result["attention"]["per_segment"]) == variants and result["attention"]["best"] in variants
+    default = story_models.config.story.cache
+    assert set(result["attention"]["lead_over_default"]) == variants - {f"{default.mode}/{default.positions}"}
+    switch_to = result["attention"]["switch_to"]
+    assert (f"move the default to {switch_to}:" if switch_to else "the default holds:") in done.stdout
     assert all(len(curve["validity"]) == 4 for curve in result["attention"]["per_segment"].values())
     assert result["config"]["stories"] == 2 and result["models"]["mllm"]["version"] == story_models.versions["mllm"]
     assert result["config"]["sampler"] == {"steps": story_models.config.model.scheduler.inference_steps,
