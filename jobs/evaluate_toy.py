@@ -7,7 +7,7 @@ de-tokenizer) -> --stories test stories, each opened with its first frame and ca
 de-tokenizer alone, teacher-forced images, free generation of --long-segments segments in every
 attention variant -> DIR/toy_eval.json and DIR/toy_eval.png, the same as an MLflow run (figures as
 metrics, per-segment scores as steps, the files as artifacts) -> PASS/MISS per target, and whether a
-variant leads the configured default clearly enough to move it (``toy_world.clear_leader``). The free
+variant leads the configured default by more than the evaluation's noise (``toy_world.clear_leader``). The free
 generation figures of --segments segments are the first segments of the default variant's long stories
 (generation is deterministic, so a shorter story is exactly their beginning).
 """
@@ -107,7 +107,7 @@ def main() -> None:
         beyond = toy_world.beyond_training_length(curves, window_frames)
         best = max(beyond, key=beyond.get) if beyond else None
         leads = toy_world.leads_over(curves, default_name, window_frames)
-        switch_to = toy_world.clear_leader(leads)
+        leader = toy_world.clear_leader(leads)
         result = {
             "config": {"stories": len(stories), "segments": args.segments, "long_segments": args.long_segments,
                        "training_frames": window_frames, "default_variant": default_name, "alias": args.alias,
@@ -118,7 +118,7 @@ def main() -> None:
             "targets": {name: {"value": figures[name], "target": f">= {bound}", "ok": figures[name] >= bound}
                         for name, bound in TARGETS.items()},
             "attention": {"overall": long_overall, "beyond_training_length": beyond, "best": best,
-                          "lead_over_default": leads, "switch_to": switch_to, "per_segment": curves},
+                          "lead_over_default": leads, "clear_leader": leader, "per_segment": curves},
             "outcomes": {name: [run["outcome"] for run in runs] for name, runs in runs_of.items()},
         }
         files = {"toy_eval.json": json.dumps(result, indent=1).encode(),
@@ -141,13 +141,12 @@ def main() -> None:
     else:
         print(f"best attention past the training length: {best} ({beyond[best]:.3f}); configured default: "
               f"{default_name} ({beyond[default_name]:.3f})")
-        if switch_to is None:
-            print(f"the default holds: no variant leads {default_name} by more than "
-                  f"{toy_world.SWITCH_STANDARD_ERRORS:g} standard errors")
+        if leader is None:
+            print(f"no variant leads {default_name} by more than {toy_world.CLEAR_LEAD_STANDARD_ERRORS:g} standard errors")
         else:
-            lead = leads[switch_to]
-            print(f"move the default to {switch_to}: it leads {default_name} by {lead['difference']:.3f} "
-                  f"(standard error {lead['standard_error']:.3f}) (story.cache)")
+            lead = leads[leader]
+            print(f"{leader} leads {default_name} by {lead['difference']:.3f} (standard error {lead['standard_error']:.3f}): "
+                  f"clearly in this evaluation; the default (story.cache) moves if a second chain agrees")
     print(f"results: {join(args.out, 'toy_eval.json')}")
 
 

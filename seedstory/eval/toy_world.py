@@ -10,7 +10,7 @@ caption:
   validity (a legal next world state), image-text coherence and frame-to-frame consistency
   (segment 0 against the opening frame);
 - the same free generation for every cache and position mode, scored per segment index, so the
-  default attention is chosen by quality past the training length (and moved only on a clear lead).
+  default attention is chosen by quality past the training length, by leads clear of the noise.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def beyond_training_length(curves: dict[str, dict[str, list[float | None]]], tra
     return beyond
 
 
-SWITCH_STANDARD_ERRORS = 2.0  # how clearly a variant must lead the default before the default moves
+CLEAR_LEAD_STANDARD_ERRORS = 2.0  # a smaller lead is within one evaluation's noise
 
 
 def leads_over(curves: dict[str, dict[str, list[float | None]]], default: str,
@@ -159,10 +159,12 @@ def leads_over(curves: dict[str, dict[str, list[float | None]]], default: str,
 
 
 def clear_leader(leads: dict[str, dict[str, float]]) -> str | None:
-    """The variant that leads the default by the most, among those leading by more than
-    ``SWITCH_STANDARD_ERRORS`` standard errors; None keeps the default."""
+    """The variant leading the default by the most among those leading it by more than
+    ``CLEAR_LEAD_STANDARD_ERRORS`` standard errors; None when none does. The standard error is over one
+    chain's segments with that chain's models: a clear lead is a reason to move the default only when
+    another chain of the same recipe shows it too (two such chains have reversed a lead of 0.017)."""
     clear = {name: lead["difference"] for name, lead in leads.items()
-             if lead["difference"] > SWITCH_STANDARD_ERRORS * lead["standard_error"]}
+             if lead["difference"] > CLEAR_LEAD_STANDARD_ERRORS * lead["standard_error"]}
     return max(clear, key=clear.get) if clear else None
 
 

@@ -53,7 +53,7 @@ def test_variants_are_compared_only_past_the_training_length():
     assert beyond_training_length(curves, 4) == {}
 
 
-def test_the_default_moves_only_to_a_variant_leading_it_by_more_than_two_standard_errors():
+def test_a_clear_leader_leads_the_default_by_more_than_two_standard_errors():
     def curve(values: list[float | None]) -> dict[str, list[float | None]]:
         return {"validity": values, "coherence": values}
 
@@ -105,8 +105,8 @@ def test_evaluate_toy_job_writes_its_figures_and_logs_them_to_mlflow(ray_head, s
     assert set(result["attention"]["per_segment"]) == variants and result["attention"]["best"] in variants
     default = story_models.config.story.cache
     assert set(result["attention"]["lead_over_default"]) == variants - {f"{default.mode}/{default.positions}"}
-    switch_to = result["attention"]["switch_to"]
-    assert (f"move the default to {switch_to}:" if switch_to else "the default holds:") in done.stdout
+    leader = result["attention"]["clear_leader"]
+    assert (f"{leader} leads " if leader else "no variant leads ") in done.stdout
     assert all(len(curve["validity"]) == 4 for curve in result["attention"]["per_segment"].values())
     assert result["config"]["stories"] == 2 and result["models"]["mllm"]["version"] == story_models.versions["mllm"]
     assert result["config"]["sampler"] == {"steps": story_models.config.model.scheduler.inference_steps,
