@@ -149,9 +149,11 @@ def leads_over(curves: dict[str, dict[str, list[float | None]]], default: str,
     reference = segment_means(curves[default])[training_frames:]
     leads = {}
     for name, scores in curves.items():
+        if name == default:
+            continue
         pairs = [(a, b) for a, b in zip(segment_means(scores)[training_frames:], reference)
                  if a is not None and b is not None]
-        if name != default and len(pairs) >= 2:
+        if len(pairs) >= 2:
             differences = np.array([a - b for a, b in pairs])
             leads[name] = {"difference": float(differences.mean()),
                            "standard_error": float(differences.std(ddof=1) / np.sqrt(len(differences)))}
