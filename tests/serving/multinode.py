@@ -42,21 +42,26 @@ def replicas() -> dict[str, dict[str, str]]:
     return placed
 
 
-def settled_replicas(lost_node: str, timeout_s: float = 120.0) -> dict[str, dict[str, str]]:
-    """``replicas()`` once the GCS has marked the lost node dead and the writer and both painters are alive:
-    until the GCS's health checks fail the node, its painter still reads as alive, and Serve's replacement,
-    started later, would read as a change in the actor table."""
+def settled_replicas(lost_node: str, timeout_s: float = 180.0) -> dict[str, dict[str, str]]:
+    """``replicas()`` once the lost node is dead and the writer and both painters are running, as the GCS
+    and Serve's controller both see them. The GCS marks the node dead only after its health checks fail
+    (until then its painter reads as alive), and its replacement is alive in the actor table while its
+    models still load: a router that learns of a new replica looks its actor up in the GCS
+    (``ray.get_actor``), so the GCS is killed only once no replica is still starting."""
     deadline = time.monotonic() + timeout_s
     while True:
         alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
         placed = replicas()
         on_live_nodes = all(node in alive for actors in placed.values() for node in actors.values())
+        deployments = serve.status().applications["seedstory"].deployments
+        running = {name: deployments[name].replica_states for name in ("writer", "painter")}
         if (lost_node not in alive and on_live_nodes and len(placed.get("writer", {})) == 1
-                and len(placed.get("painter", {})) == 2):
+                and len(placed.get("painter", {})) == 2
+                and running == {"writer": {"RUNNING": 1}, "painter": {"RUNNING": 2}}):
             return placed
         if time.monotonic() > deadline:
             raise TimeoutError(f"the replicas never settled at one writer and two painters on live nodes "
-                               f"(lost node {lost_node}): {placed}")
+                               f"(lost node {lost_node}): actors {placed}, Serve {running}")
         time.sleep(1)
 
 
@@ -105,22 +110,22 @@ def main(out: Path, port: int, overrides: list[str]) -> None:
     started = time.monotonic()
     events = stream(port, {"text": "A fox paints.", "segments": 12, "seed": 1}, remove_a_painter_node)
     seconds = time.monotonic() - started
+    settled = settled_replicas(roles[removed[0]].node_id)
     after = stream(port, {"text": "An owl paints after.", "segments": 3, "seed": 2})
     report = {"placed": placed, "removed": removed, "seconds": seconds, "events": brief(events),
               "after": [e["type"] for e in after]}
     if os.environ.get("RAY_REDIS_ADDRESS"):
-        report["gcs"] = restart_the_gcs_under_stories(cluster, port, roles[removed[0]].node_id)
+        report["gcs"] = restart_the_gcs_under_stories(cluster, port, settled)
     out.write_text(json.dumps(report, indent=2))
     serve.shutdown()
     ray.shutdown()
     cluster.shutdown()
 
 
-def restart_the_gcs_under_stories(cluster: Cluster, port: int, lost_node: str) -> dict:
+def restart_the_gcs_under_stories(cluster: Cluster, port: int, before: dict[str, dict[str, str]]) -> dict:
     """Kill the head's GCS at a story's first text, tell a whole story while it is down, restart it and
     tell one more; the replicas' actor ids before and after show whether the GCS came back with its
     tables or started empty."""
-    before = settled_replicas(lost_node)
     killed: list[float] = []
 
     def kill_the_gcs(event: dict) -> None:

@@ -45,7 +45,10 @@ def report(story_models, weights_cache, redis_address, tmp_path_factory) -> dict
     out = tmp_path_factory.mktemp("serve-multinode") / "report.json"
     env = {**os.environ, CACHE_ENV: str(weights_cache)}
     if redis_address:
+        # What KubeRay sets on worker pods when gcsFaultToleranceOptions is on: a raylet (and the driver)
+        # waits up to 600 s for a restarted GCS, not Ray's default 60 s, before it exits.
         env["RAY_REDIS_ADDRESS"] = redis_address
+        env["RAY_gcs_rpc_server_reconnect_timeout_s"] = "600"
     done = subprocess.run([sys.executable, "-m", "tests.serving.multinode", str(out), str(free_port()),
                            *story_models.overrides], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
                           env=env)
