@@ -18,7 +18,7 @@ import ray
 from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.data.pipeline import stage_dataset
 from seedstory.data.toyworld.generate import toy_story, write_toy_world
-from seedstory.data.window_collate import WindowCollate
+from seedstory.data.stage_collate import WindowCollate
 from seedstory.tokenizer import INST, build_tiny_tokenizer, image_token_ids
 
 STAGES = ("detokenizer_pretrain", "story_instruct", "detokenizer_adapt")

@@ -30,7 +30,7 @@ from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.config import SeedStoryConfig
 from seedstory.config.model import ModelConfig
 from seedstory.data.streams import stage_stream
-from seedstory.data.window_collate import WindowCollate, target_images
+from seedstory.data.stage_collate import WindowCollate, target_images
 from seedstory.models import freezing
 from seedstory.models.detokenizer import build_vae, encode_frames
 from seedstory.models.export import export_detokenizer, export_model_config, load_mllm

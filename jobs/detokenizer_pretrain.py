@@ -22,7 +22,7 @@ from torch import nn
 
 from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.config.model import ModelConfig
-from seedstory.data.frame_text import ColumnsCollate
+from seedstory.data.stage_collate import FrameCollate
 from seedstory.data.streams import stage_stream
 from seedstory.models import freezing
 from seedstory.models.detokenizer import build_vae, encode_frames
@@ -65,7 +65,7 @@ class DetokenizerPretrain(StageRecipe):
         return Denoising(detokenizer, self.config.model.loss)
 
     def collate(self) -> NumpyBatchCollateFn:
-        return ColumnsCollate(("vit_pixels", "sd_pixels", "add_time_ids"))
+        return FrameCollate()
 
     def export(self, model: nn.Module, uri: str) -> dict[str, str]:
         export_detokenizer(model.detokenizer, uri)

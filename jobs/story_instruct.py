@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.config import SeedStoryConfig
 from seedstory.data.streams import stage_stream
-from seedstory.data.window_collate import WindowCollate, target_images
+from seedstory.data.stage_collate import WindowCollate, target_images
 from seedstory.models import freezing
 from seedstory.models.export import export_mllm
 from seedstory.models.lora import attach_lora

@@ -17,7 +17,7 @@ restart from any position without reading what comes before it.
 Every Ray Data execution starts its actors afresh, so this module and what it imports stay free of
 torch and transformers (a window cut's tokenizer brings transformers along when it arrives): those
 imports would cost each actor seconds of the CPUs training runs on. The tensors are made on the
-training worker (``seedstory.data.window_collate``).
+training worker (``seedstory.data.stage_collate``).
 
 Validation data is the val split once, in file order, with the windows of pass 0: the same
 samples in the same order at every evaluation. ``validation_set`` materialises it once in the
@@ -41,7 +41,7 @@ import ray
 from seedstory.config import SeedStoryConfig
 from seedstory.config.data import DataConfig
 from seedstory.data.badrecords import BadRecord, BadRecordError, BadRecordLedger, FailureBudgetExceeded
-from seedstory.data.pixels import pixel_bytes
+from seedstory.data.pixels import image_bytes
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.stories import Story
 from seedstory.data.story_sets import Split, StorySet, split_stories
@@ -154,7 +154,7 @@ class FrameCut(StageCut):
         return frames
 
     def story_bytes(self, frames: int) -> int:
-        return frames * (pixel_bytes(self.vit_size) + pixel_bytes(self.sd_size) + ROW_BYTES)
+        return frames * (image_bytes(self.vit_size) + image_bytes(self.sd_size) + ROW_BYTES)
 
 
 class WindowCut(StageCut):
@@ -179,8 +179,8 @@ class WindowCut(StageCut):
     def story_bytes(self, frames: int) -> int:
         s = self.sampler
         tokens = s.max_length * (2 * np.dtype(np.int64).itemsize + 1)  # input_ids, labels, image_mask
-        target = pixel_bytes(s.sd_size) if s.sd_size is not None else 0
-        window = min(frames, s.window_frames) * pixel_bytes(s.vit_size) + tokens + target + ROW_BYTES
+        target = image_bytes(s.sd_size) if s.sd_size is not None else 0
+        window = min(frames, s.window_frames) * image_bytes(s.vit_size) + tokens + target + ROW_BYTES
         return self.sample_count(frames) * window
 
 

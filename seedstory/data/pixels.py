@@ -1,5 +1,9 @@
 """Frame pixels in the forms the models take: ViT input and SD-XL training target.
 
+The story stages' samples carry the pictures as uint8 (``vit_image``, ``sd_image``), a quarter of
+float32's bytes in the object store, and the training worker's collate normalises them
+(``normalise_vit``, ``normalise_sd``) to exactly the values ``vit_pixels`` and ``sd_target`` give.
+
 Plain PIL + numpy rather than a transformers image processor: Qwen-VL's transform is a
 straight bicubic resize to a square plus CLIP normalisation, and the fast processors need
 torchvision, which this stack does not install (STACK.md).
@@ -55,23 +59,43 @@ def _prepared(image: Image.Image, size: int, form: str) -> Image.Image:
     return image
 
 
-def pixel_bytes(size: int) -> int:
-    """What one picture of ``vit_pixels`` or ``sd_target`` at ``size`` holds."""
-    return 3 * size * size * np.dtype(np.float32).itemsize
+def image_bytes(size: int) -> int:
+    """What one picture of ``vit_image`` or ``sd_image`` at ``size`` holds."""
+    return 3 * size * size
 
 
-def vit_pixels(frame: Frame, size: int) -> np.ndarray:
-    """[3, size, size] float32, resized (``vit_resize``) and CLIP-normalised."""
+def vit_image(frame: Frame, size: int) -> np.ndarray:
+    """[3, size, size] uint8, resized (``vit_resize``): the ViT's input before ``normalise_vit``."""
     resized = _prepared(frame.vit, size, "ViT") if isinstance(frame, PreparedFrame) else vit_resize(frame, size)
-    array = np.asarray(resized, dtype=np.float32) / 255.0
-    return ((array - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1).copy()
+    return np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
-def sd_target(frame: Frame, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """[3, size, size] float32 in [-1, 1] (``sd_crop``) and SD-XL's ``add_time_ids``."""
+def sd_image(frame: Frame, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """[3, size, size] uint8 (``sd_crop``), the SD target before ``normalise_sd``, and its ``add_time_ids``."""
     if isinstance(frame, PreparedFrame):
         cropped, time_ids = _prepared(frame.sd, size, "SD"), np.array(frame.time_ids, dtype=np.float32)
     else:
         cropped, time_ids = sd_crop(frame, size)
-    array = np.asarray(cropped, dtype=np.float32) / 127.5 - 1.0
-    return array.transpose(2, 0, 1).copy(), time_ids
+    return np.asarray(cropped, dtype=np.uint8).transpose(2, 0, 1).copy(), time_ids
+
+
+def normalise_vit(pixels: np.ndarray) -> np.ndarray:
+    """``vit_image``'s pictures ([..., 3, H, W] uint8) CLIP-normalised, float32."""
+    channels = (slice(None), None, None)
+    return (pixels.astype(np.float32) / 255.0 - CLIP_MEAN[channels]) / CLIP_STD[channels]
+
+
+def normalise_sd(pixels: np.ndarray) -> np.ndarray:
+    """``sd_image``'s pictures ([..., 3, H, W] uint8) in [-1, 1], float32."""
+    return pixels.astype(np.float32) / 127.5 - 1.0
+
+
+def vit_pixels(frame: Frame, size: int) -> np.ndarray:
+    """[3, size, size] float32, resized (``vit_resize``) and CLIP-normalised."""
+    return normalise_vit(vit_image(frame, size))
+
+
+def sd_target(frame: Frame, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """[3, size, size] float32 in [-1, 1] (``sd_crop``) and SD-XL's ``add_time_ids``."""
+    pixels, time_ids = sd_image(frame, size)
+    return normalise_sd(pixels), time_ids

@@ -4,6 +4,7 @@ stage 1: every frame -> ViT input + SD target with SD-XL size/crop conditioning.
 stage 2: random windows (``seedstory.data.windows``, new ones every pass) -> token layout, labels,
          image-token mask, ViT input of every frame in the window (context frames first, the target last).
 stage 3: stage 2 + the target frame at SD resolution.
+Pictures stay uint8 until the training worker's collate normalises them (``seedstory.data.stage_collate``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from seedstory.data.layout import StoryLayout
-from seedstory.data.pixels import sd_target, vit_pixels
+from seedstory.data.pixels import sd_image, vit_image
 from seedstory.data.windows import story_windows
 
 if TYPE_CHECKING:
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
 
 def stage1_samples(images: Sequence[Image.Image], vit_size: int, sd_size: int) -> Iterator[dict[str, np.ndarray]]:
     for image in images:
-        sd_pixels, time_ids = sd_target(image, sd_size)
-        yield {"vit_pixels": vit_pixels(image, vit_size), "sd_pixels": sd_pixels, "add_time_ids": time_ids}
+        sd_pixels, time_ids = sd_image(image, sd_size)
+        yield {"vit_pixels": vit_image(image, vit_size), "sd_pixels": sd_pixels, "add_time_ids": time_ids}
 
 
 @dataclass
@@ -58,8 +59,8 @@ class WindowSampler:
             sample = {
                 "key": key, "start": window.start, "num_images": len(pictures),
                 "input_ids": tokens.input_ids, "labels": tokens.labels, "image_mask": tokens.image_mask,
-                "vit_pixels": np.stack([vit_pixels(picture, self.vit_size) for picture in pictures]),
+                "vit_pixels": np.stack([vit_image(picture, self.vit_size) for picture in pictures]),
             }
             if self.sd_size is not None:
-                sample["sd_pixels"], sample["add_time_ids"] = sd_target(pictures[-1], self.sd_size)
+                sample["sd_pixels"], sample["add_time_ids"] = sd_image(pictures[-1], self.sd_size)
             yield sample

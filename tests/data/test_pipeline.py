@@ -26,7 +26,7 @@ from seedstory.data.streams import StoryStream, groups_per_execution, stage_stre
 from seedstory.data.sources import StoryLine
 from seedstory.data.story_sets import ReleasedStories, split_stories
 from seedstory.data.toyworld.generate import toy_story, write_toy_world
-from seedstory.data.window_collate import WindowCollate
+from seedstory.data.stage_collate import WindowCollate
 from seedstory.data.windows import story_windows, window_count
 from seedstory.storage import write_bytes
 from seedstory.tokenizer import build_tiny_tokenizer, image_token_ids
@@ -276,6 +276,7 @@ def test_stage1_and_stage3_samples_have_model_shapes(toy, ray_cluster):
     rows = frames.take_all()
     assert len(rows) == summary["frames"]
     assert rows[0]["vit_pixels"].shape == (3, 56, 56) and rows[0]["sd_pixels"].shape == (3, 64, 64)
+    assert rows[0]["vit_pixels"].dtype == rows[0]["sd_pixels"].dtype == np.uint8, "a quarter of float32's bytes"
     assert rows[0]["add_time_ids"].tolist() == [64, 64, 0, 0, 64, 64]
     windows, _ = stage_dataset("detokenizer_adapt", config, "train", tokenizer=tokenizer)
     batch = next(iter(windows.iter_torch_batches(batch_size=3, collate_fn=WindowCollate(0))))

@@ -11,10 +11,10 @@ from PIL import Image
 
 from seedstory import storage
 from seedstory.config import load_config
-from seedstory.data.frame_text import ColumnsCollate
 from seedstory.data.images import encode_image
 from seedstory.data.pipeline import stage_dataset
 from seedstory.data.prepare import prepare_dataset
+from seedstory.data.stage_collate import FrameCollate
 from seedstory.data.records import StoryRecord
 from seedstory.data.story_sets import PREPARED_MANIFEST, PreparedStories, split_stories
 from seedstory.data.streams import stage_stream
@@ -97,7 +97,7 @@ def test_every_stage_reads_exactly_the_released_forms_samples(released, prepared
 def test_a_training_stream_reads_the_prepared_form(prepared, ray_cluster):
     config, _ = prepared
     stream, report = stage_stream("detokenizer_pretrain", config)
-    batch, position = next(stream.batches(0, 1, 4, ColumnsCollate(("vit_pixels", "sd_pixels", "add_time_ids")), {}))
+    batch, position = next(stream.batches(0, 1, 4, FrameCollate(), {}))
     assert batch["sd_pixels"].shape == (4, 3, 64, 64) and position["index"] == 4
 
 

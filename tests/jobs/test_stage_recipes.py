@@ -21,7 +21,7 @@ from seedstory.data.images import decode_image, encode_image
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.toyworld.generate import toy_story
 from seedstory.data.toyworld.render import render_frame
-from seedstory.data.window_collate import target_images
+from seedstory.data.stage_collate import target_images
 from seedstory.models.export import load_detokenizer, load_mllm
 from seedstory.training.base_recipes import ClipPretrain, LLMPretrain, VAEPretrain
 from seedstory.training.recipe import feed

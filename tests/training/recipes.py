@@ -105,7 +105,8 @@ class FrameRegressor(nn.Module):
 class FrameSampleCollate(NumpyBatchCollateFn):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         sample = np.stack([np.asarray(batch[name], dtype=np.int64) for name in ("pass", "group", "index", "frame")], 1)
-        return {"vit_pixels": torch.as_tensor(batch["vit_pixels"]), "sd_pixels": torch.as_tensor(batch["sd_pixels"]),
+        return {"vit_pixels": torch.as_tensor(batch["vit_pixels"]).float(),
+                "sd_pixels": torch.as_tensor(batch["sd_pixels"]).float(),
                 "sample": torch.as_tensor(sample)}
 
 

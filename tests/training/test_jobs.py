@@ -37,7 +37,7 @@ from seedstory.data.images import decode_image, encode_image
 from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.toyworld.generate import split_of, toy_story, write_toy_world
 from seedstory.data.toyworld.render import render_frame
-from seedstory.data.window_collate import WindowCollate, target_images
+from seedstory.data.stage_collate import FrameCollate, WindowCollate, target_images
 from seedstory.models.detokenizer import Detokenizer, build_detokenizer
 from seedstory.models.export import load_detokenizer, load_mllm
 from seedstory.models.vit import build_vit
@@ -205,7 +205,7 @@ def test_stage1_export_is_the_trained_unet_and_beats_its_starting_point(chain):
     assert isinstance(UNet2DConditionModel.from_pretrained(folder / "unet"), UNet2DConditionModel)
 
     rows = list(stage1_samples(train_frames(config)[1][:8], config.model.vit.image_size, config.model.sd_image_size))
-    batch = {name: torch.as_tensor(np.stack([row[name] for row in rows])) for name in rows[0]}
+    batch = FrameCollate()({name: np.stack([row[name] for row in rows]) for name in rows[0]})
     features = build_vit(config.model)(batch["vit_pixels"]).detach()
     torch.manual_seed(0)
     start = build_detokenizer(config.model)

@@ -1,5 +1,6 @@
-"""A batch of stage-2/3 windows as tensors, on the training worker (the decoding actors that cut the
-windows never import torch, so each one starts without it)."""
+"""A batch of a story stage's samples as tensors, on the training worker: stage 1's frames, stages 2 and 3's
+windows. Their pictures arrive as uint8 and are normalised here (the decoding actors that cut the samples
+never import torch, so each one starts without it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from seedstory.data.layout import IGNORE_INDEX
+from seedstory.data.pixels import normalise_sd, normalise_vit
+
+
+class FrameCollate(NumpyBatchCollateFn):
+    """Stage 1's frames: ViT input, SD target and its ``add_time_ids``."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {"vit_pixels": torch.from_numpy(normalise_vit(np.asarray(batch["vit_pixels"]))),
+                "sd_pixels": torch.from_numpy(normalise_sd(np.asarray(batch["sd_pixels"]))),
+                "add_time_ids": torch.from_numpy(np.asarray(batch["add_time_ids"]))}
 
 
 class WindowCollate(NumpyBatchCollateFn):
@@ -30,11 +41,12 @@ class WindowCollate(NumpyBatchCollateFn):
             input_ids[row, :length] = torch.as_tensor(batch["input_ids"][row])
             labels[row, :length] = torch.as_tensor(batch["labels"][row])
             image_mask[row, :length] = torch.as_tensor(batch["image_mask"][row])
+        pictures = np.concatenate([np.asarray(p) for p in batch["vit_pixels"]])
         out = {"input_ids": input_ids, "labels": labels, "image_mask": image_mask,
                "num_images": torch.tensor(np.asarray(batch["num_images"], dtype=np.int64)),
-               "vit_pixels": torch.cat([torch.as_tensor(np.asarray(p)) for p in batch["vit_pixels"]])}
+               "vit_pixels": torch.from_numpy(normalise_vit(pictures))}
         if "sd_pixels" in batch:
-            out["sd_pixels"] = torch.as_tensor(np.stack(list(batch["sd_pixels"])))
+            out["sd_pixels"] = torch.from_numpy(normalise_sd(np.stack(list(batch["sd_pixels"]))))
             out["add_time_ids"] = torch.as_tensor(np.stack(list(batch["add_time_ids"])))
         return out
 
