@@ -6,8 +6,8 @@ work per story). Story k arrives at engine step ``k * arrive_every``; ``stories_
 row arrive in all, so rows free up and are re-filled while others write (continuous batching).
 
 Throughput counts text tokens (what a reader gets); latency is the gap between consecutive text tokens
-of one story within a segment, as the story sees it: it includes the chunk forwards (other stories'
-prompts, image queries and image blocks) that ran in the same step. Decoding is bandwidth bound, so
+of one story within a segment, as the story sees it: it includes the chunks (other stories' prompts,
+image queries and image blocks) that its step's forward carried. Decoding is bandwidth bound, so
 its tokens/s is also given as a fraction of the ceiling the machine's own measured copy bandwidth sets.
 """
 
@@ -23,7 +23,6 @@ import torch
 from seedstory import figures
 from seedstory.config.generation import AttentionSinkConfig, StoryConfig
 from seedstory.generation import attention_bench
-from seedstory.generation.batch_cache import BatchSinkCache
 from seedstory.generation.story import StoryStart
 from seedstory.generation.story_engine import ForwardTally, StoryEngine
 
@@ -50,6 +49,10 @@ class BatchingSettings:
     def model(self, device: str | None = None):
         return attention_bench.build_model(self.workload, device or self.device, getattr(torch, self.dtype))
 
+    def engine(self, model, max_stories: int, cache: AttentionSinkConfig | None = None) -> StoryEngine:
+        return StoryEngine(model, cache or self.cache(), max_stories=max_stories, eos_id=attention_bench.EOS_ID,
+                           separator_ids=[attention_bench.SEPARATOR_ID])
+
 
 def run_batch(settings: BatchingSettings, batch: int) -> dict:
     """One batch size: every story to its end; throughput, token gaps, memory, and decoding against the
@@ -59,8 +62,7 @@ def run_batch(settings: BatchingSettings, batch: int) -> dict:
     if device.type != "cpu":
         torch.accelerator.reset_peak_memory_stats(device)
     model = settings.model()
-    engine = StoryEngine(model, settings.cache(), max_stories=batch, eos_id=attention_bench.EOS_ID,
-                         separator_ids=[attention_bench.SEPARATOR_ID])
+    engine = settings.engine(model, batch)
     count = batch * settings.stories_per_row
     arrivals = [k * settings.arrive_every for k in range(count)]
     stories = []
@@ -87,12 +89,15 @@ def run_batch(settings: BatchingSettings, batch: int) -> dict:
         "token_latency_p95_s": float(np.percentile(gaps, 95)),
         "steps": engine.steps,
         "decode_forwards": decodes.forwards,
-        "stories_per_decode_forward": decodes.stories / decodes.forwards,
-        "decode_forward_s": decodes.seconds / decodes.forwards,
-        "dummy_rows_per_decode_forward": decodes.dummy_rows / decodes.forwards,
+        "stories_per_decode_forward": decodes.stories / max(decodes.forwards, 1),
+        "decode_forward_s": decodes.seconds / max(decodes.forwards, 1),
+        "dummy_rows_per_decode_forward": decodes.dummy_rows / max(decodes.forwards, 1),
         "decode_s": decodes.seconds,
         "chunk_forwards": engine.chunks.forwards,
+        "chunk_forward_s": engine.chunks.seconds / max(engine.chunks.forwards, 1),
+        "tokens_per_chunk_forward": engine.chunks.tokens / max(engine.chunks.forwards, 1),
         "chunk_s": engine.chunks.seconds,
+        "text_tokens_beside_chunks": engine.chunks.decoding,
         "text_tokens": tokens,
         "kv_bytes": engine.cache.tensor_bytes(),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -112,7 +117,11 @@ def decode_weight_bytes(model) -> int:
 
 def decode_ceiling(model, decodes: ForwardTally, bandwidth: float) -> dict:
     """Decoding's tokens/s against the memory-bandwidth ceiling: the decode forwards as if each read only
-    what it must (the weights once, each story's held keys and values once) at ``bandwidth``."""
+    what it must (the weights once, each story's held keys and values once) at ``bandwidth``. None where
+    no forward carried text tokens alone (every one carried a chunk beside them)."""
+    if not decodes.forwards:
+        return {"copy_bandwidth_bytes_per_s": bandwidth, "decode_bytes_read": 0, "decode_tokens_per_s": None,
+                "decode_ceiling_tokens_per_s": None, "decode_bandwidth_fraction": None}
     must_read = decodes.forwards * decode_weight_bytes(model) + decodes.kv_bytes
     ceiling_s = must_read / bandwidth
     return {
@@ -145,12 +154,10 @@ def kv_fit(settings: BatchingSettings, segments: int) -> dict:
     Only shapes matter, so the model and the caches are built on the meta device (no memory, any size).
     """
     model = settings.model("meta")
-    engine = StoryEngine(model, settings.cache(), max_stories=1, eos_id=attention_bench.EOS_ID,
-                         separator_ids=[attention_bench.SEPARATOR_ID])
+    engine = settings.engine(model, 1)
     longest = engine.longest(settings.opening(model, 0), settings.story(segments))
     sink_row = engine.cache.row_bytes()
-    dense_row = BatchSinkCache(settings.cache("dense", longest), model.llm.config, 1,
-                               dtype=engine.cache.dtype, device="meta").row_bytes()
+    dense_row = settings.engine(model, 1, settings.cache("dense", longest)).cache.row_bytes()
     budget = dense_row * 4
     return {"segments": segments, "dense_tokens_per_story": longest, "mm_sink_capacity": engine.cache.capacity,
             "budget_bytes": budget, "dense_stories": budget // dense_row, "mm_sink_stories": budget // sink_row,
@@ -172,8 +179,8 @@ def plot(batches: list[dict]) -> bytes:
     labels = [str(size) for size in sizes]
     decode = [1e3 * b["decode_s"] / b["text_tokens"] for b in batches]
     chunks = [1e3 * b["chunk_s"] / b["text_tokens"] for b in batches]
-    cost.bar(labels, decode, label="decode forwards")
-    cost.bar(labels, chunks, bottom=decode, label="chunk forwards (prompts, image queries, image blocks)")
+    cost.bar(labels, decode, label="forwards of text tokens only")
+    cost.bar(labels, chunks, bottom=decode, label="forwards carrying chunks (prompts, image queries, image blocks)")
     cost.set(xlabel="stories per batch", ylabel="ms of forwards per text token", title="Where the time goes")
     cost.legend(fontsize=8)
     return figures.png(figure)

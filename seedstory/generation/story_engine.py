@@ -7,21 +7,22 @@ against: a story written in a batch is the story written alone. A story keeps it
 table, positions, anchors and sampler, so what it writes does not depend on what shares the batch.
 
 Scheduling, one ``step``: stories waiting for a row take the free ones (first come, first served);
-then every story's next forward runs, grouped so that one forward serves a group:
+then every story's next forward runs, all of them in one packed forward (``BatchSinkCache.begin``):
 
-- every story decoding text runs in one batched single-token forward. Decoding reads every weight
-  to make one token per story, so it is bound by memory bandwidth and a batch of B costs little more
-  than a batch of one;
-- chunks (a prompt piece, an image block, the image-query preview) are grouped by length and kind:
-  previews all have N + 1 tokens and image blocks N + 2 + separator tokens, so they batch without
-  padding; prompts are cut into pieces of at most ``prompt_chunk`` tokens, so a long prompt never
-  stalls the others' decoding for more than one piece. A prompt longer than the cache's window goes in
-  whole, as the one-story loop puts it: in pieces, its later tokens would not see the evicted ones. Chunks are compute bound: padding one to
-  another's length would cost what it pads.
+- every story decoding text adds one token. Decoding reads every weight to make one token per story,
+  so it is bound by memory bandwidth and a batch of B costs little more than a batch of one;
+- every story in a chunk (a prompt piece, an image block, the image-query preview) adds the chunk's
+  tokens to the same forward, so they ride on the weights the decoding rows read anyway instead of
+  reading them again in a forward of their own (on a GPU, instead of launching every kernel again).
+  Attention is per group of rows with one chunk length; previews all have N + 1 tokens and image
+  blocks N + 2 + separator tokens, so nothing is padded. Prompts are cut into pieces of at most
+  ``prompt_chunk`` tokens, so a long prompt never stalls the others' decoding for more than one
+  piece. A prompt longer than the cache's window goes in whole, as the one-story loop puts it: in
+  pieces, its later tokens would not see the evicted ones.
 
-Chunk forwards run before the step's decode forward, so a story that finished its image block this
-step decodes in the next one; the decode steps of the others wait for this step's chunks, which is
-the latency a batch costs (measured in ``jobs/bench_batching.py``).
+A step's forward is as slow as the work it carries: a decoding story waits, for its next token, for
+the chunks of the stories that share its step, which is the latency a batch costs (measured in
+``jobs/bench_batching.py``). A story that finished its image block this step decodes in the next one.
 
 Admission is exact: a bounded mode's row holds its kept set whatever the story's length; a dense row
 holds ``cache.dense_capacity`` tokens and a story whose longest possible length exceeds it is refused
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from seedstory.config.generation import AttentionSinkConfig, StoryConfig
-from seedstory.generation.batch_cache import BatchSinkCache
+from seedstory.generation.batch_cache import BatchSinkCache, packed_attention
 from seedstory.generation.sampling import TokenSampler
 from seedstory.generation.story import (
     Outcome, Segment, SegmentStats, StoryModel, StoryStart, image_block, image_queries, token_embeds,
@@ -72,10 +73,12 @@ class ForwardTally:
     """What one kind of forward (decode or chunk) has cost so far."""
 
     forwards: int = 0
-    stories: int = 0  # summed over forwards: a decode forward's occupancy is stories / forwards
+    stories: int = 0  # summed over forwards: a forward's occupancy is stories / forwards
+    decoding: int = 0  # of those, stories that decoded a text token
+    tokens: int = 0  # summed over forwards: the tokens they carried, dummy rows' included
     dummy_rows: int = 0  # rows carried without a token of theirs (see BatchSinkCache)
     seconds: float = 0.0
-    kv_bytes: int = 0  # summed over forwards: keys and values the stories held, the least attention must read
+    kv_bytes: int = 0  # summed over forwards: keys and values the decoding stories held, the least they must read
 
 
 @dataclass(eq=False)
@@ -127,8 +130,8 @@ class StoryEngine:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self.steps = 0
-        self.decodes = ForwardTally()  # single-token forwards: text tokens (and one-token prompt pieces)
-        self.chunks = ForwardTally()
+        self.decodes = ForwardTally()  # forwards of text tokens only (one-token prompt pieces included)
+        self.chunks = ForwardTally()  # forwards that carried a chunk, beside any text tokens
 
     @property
     def max_stories(self) -> int:
@@ -198,13 +201,12 @@ class StoryEngine:
         groups: dict[tuple[int, bool, bool], list[EngineStory]] = {}
         for story in self.active:
             groups.setdefault(story._pending.group, []).append(story)
-        decode = groups.pop(DECODE, [])
-        try:
-            for group in [*groups.values(), *([decode] if decode else [])]:
-                self._forward(group)
-        except Exception as err:
-            self.abort(err)
-            raise
+        if groups:
+            try:
+                self._forward(list(groups.values()))
+            except Exception as err:
+                self.abort(err)
+                raise
         self.steps += 1
 
     def _admit(self) -> None:
@@ -224,36 +226,47 @@ class StoryEngine:
             story._program = self._program(story)
             self._advance(story, None)
 
-    def _forward(self, group: list[EngineStory]) -> None:
-        group.sort(key=lambda story: story.row)
-        forward = group[0]._pending
-        rows = [story.row for story in group]
-        for story in group:
+    def _forward(self, groups: list[list[EngineStory]]) -> None:
+        """One packed forward: every story's pending tokens, a group per forward shape."""
+        for group in groups:
+            group.sort(key=lambda story: story.row)
+        stories = [story for group in groups for story in group]
+        for story in stories:
             image_at = story._pending.image_at
             if image_at is not None:
                 boi = self.cache.seen(story.row) + image_at
                 self.cache.add_image(story.row, boi, boi + len(self.model.layout.image) + 1)
-        kv_bytes = sum(self.cache.held_bytes(row) for row in rows)
+        decoding = [story for story in stories if story._pending.group == DECODE]
+        kv_bytes = sum(self.cache.held_bytes(story.row) for story in decoding)
         began = time.perf_counter()
-        covered, positions, mask = self.cache.begin(rows, forward.embeds.shape[0], commit=forward.commit)
-        at = {row: i for i, row in enumerate(covered)}
-        embeds = forward.embeds.new_zeros(len(covered), *forward.embeds.shape)
-        for story in group:
-            embeds[at[story.row]] = story._pending.embeds
-        logits, hidden = self.model.step(embeds, self.cache, attention_mask=mask, position_ids=positions,
-                                         logits_to_keep=1)
+        forward = self.cache.begin([([story.row for story in group], len(group[0]._pending.embeds),
+                                     group[0]._pending.commit) for group in groups])
+        embeds = stories[0]._pending.embeds.new_zeros(1, forward.tokens, stories[0]._pending.embeds.shape[-1])
+        starts = []
+        for group, planned in zip(groups, forward.groups):
+            for story in group:
+                starts.append(planned.start(story.row))
+                embeds[0, starts[-1] : starts[-1] + planned.q] = story._pending.embeds
+        last = torch.tensor([at + len(story._pending.embeds) - 1 for at, story in zip(starts, stories)],
+                            device=embeds.device)
+        with packed_attention(self.model.llm.config, forward):
+            logits, hidden = self.model.step(embeds, self.cache, position_ids=forward.positions,
+                                             logits_to_keep=last, batch_forward=forward)
         if logits.device.type != "cpu":  # an accelerator runs asynchronously: time the forward, not its launch
             torch.accelerator.synchronize(logits.device)
         seconds = time.perf_counter() - began
-        tally = self.decodes if forward.group == DECODE else self.chunks
+        tally = self.decodes if len(decoding) == len(stories) else self.chunks
         tally.forwards += 1
-        tally.stories += len(group)
-        tally.dummy_rows += len(covered) - len(group)
+        tally.stories += len(stories)
+        tally.decoding += len(decoding)
+        tally.tokens += forward.tokens
+        tally.dummy_rows += sum(len(planned.covered) - len(planned.rows) for planned in forward.groups)
         tally.seconds += seconds
         tally.kv_bytes += kv_bytes
-        for story in group:
-            story.peak_batch = max(story.peak_batch, len(group))
-            result = hidden[at[story.row]] if story._pending.hidden else logits[at[story.row], -1]
+        for i, (at, story) in enumerate(zip(starts, stories)):
+            story.peak_batch = max(story.peak_batch, len(stories))
+            pending = story._pending
+            result = hidden[0, at : at + len(pending.embeds)] if pending.hidden else logits[0, i]
             self._advance(story, (result, seconds))
 
     def _advance(self, story: EngineStory, result: tuple[torch.Tensor, float] | None) -> None:
