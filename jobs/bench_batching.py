@@ -1,7 +1,7 @@
 """Batching benchmark: many stories per writer, continuously batched under the multimodal attention sink.
 
     python jobs/bench_batching.py --out DIR [--batches 1,2,4,8,16] [--segments 25] [KEY=VALUE ...]
-    python jobs/bench_batching.py --dtype bfloat16 --out DIR    # the README's figures: a CPU with bf16 matrix units
+    python jobs/bench_batching.py --dtype bfloat16 --repeats 3 --out DIR    # the README's: a CPU with bf16 units
     ray job submit --working-dir . -- python jobs/bench_batching.py --out s3://bucket/bench/batching
     python jobs/bench_batching.py --config paper --shape config --device cuda --dtype bfloat16 \
         --batches 1,32 --out DIR        # the paper's LLaMA, random weights, on a GPU
@@ -11,8 +11,9 @@ instead), stories of --segments segments arriving every --arrive-every engine st
 --stories-per-row per row in all. Each batch size runs in its own Ray task and process, so peak RSS
 is that batch's; ``--in-process`` runs them one after another in this process instead, for a machine
 without Ray. Writes DIR/batching.json (tokens/s, stories/s, p50/p95 per-token latency, KV bytes and
-peak memory per batch size; decoding's tokens/s against the bandwidth ceiling; how many 50-segment
-stories fit one KV budget in mm-sink against dense; the targets) and DIR/batching.png.
+peak memory per batch size, the first four the medians of --repeats interleaved runs; decoding's
+tokens/s against the bandwidth ceiling; how many 50-segment stories fit one KV budget in mm-sink
+against dense; the targets) and DIR/batching.png.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the random weights' dtype")
     parser.add_argument("--in-process", action="store_true",
                         help="run every batch size in this process, without Ray (peak RSS is then the largest so far)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of every batch size, interleaved; the table gives each figure's median")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -56,6 +59,8 @@ def main() -> None:
     batches = sorted({int(b) for b in args.batches.split(",")})
     if batches[0] < 1:
         parser.error(f"--batches must be positive, got {args.batches}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     workload = BenchSettings(
         config=args.config, overrides=(*(BENCH_SHAPE if args.shape == "bench" else ()), *args.overrides),
         segments=args.segments, text_tokens=args.text_tokens, window=args.window, recompute_segments=1,
@@ -66,17 +71,21 @@ def main() -> None:
                                       dtype=args.dtype)
 
     run_batch, kv_fit = (bench.run_batch, bench.kv_fit) if args.in_process else remote_tasks(args)
-    report = {"config": dataclasses.asdict(settings), "batches": []}
-    for batch in batches:
-        result = run_batch(settings, batch)
-        ceiling = ("no forward carried text tokens alone" if result["decode_tokens_per_s"] is None else
-                   f"decoding {result['decode_tokens_per_s']:.1f} tokens/s = {result['decode_bandwidth_fraction']:.3f} "
-                   f"of the bandwidth ceiling ({result['decode_ceiling_tokens_per_s']:.1f})")
-        print(f"batch {batch:>3}: {result['tokens_per_s']:7.1f} tokens/s, {result['stories_per_s']:.3f} stories/s, "
-              f"p50 {1e3 * result['token_latency_p50_s']:.1f} ms, p95 {1e3 * result['token_latency_p95_s']:.1f} ms "
-              f"per token, {result['kv_bytes'] / 2**20:.1f} MiB KV; {ceiling}", flush=True)
-        report["batches"].append(result)
-        write(args.out, report)  # a run cut short keeps what it measured
+    report = {"config": dataclasses.asdict(settings) | {"repeats": args.repeats}, "batches": []}
+    runs: dict[int, list[dict]] = {batch: [] for batch in batches}
+    for _ in range(args.repeats):  # round by round, so that the machine's drift touches every batch size alike
+        for batch in batches:
+            result = run_batch(settings, batch)
+            ceiling = ("no forward carried text tokens alone" if result["decode_tokens_per_s"] is None else
+                       f"decoding {result['decode_tokens_per_s']:.1f} tokens/s = "
+                       f"{result['decode_bandwidth_fraction']:.3f} of the bandwidth ceiling "
+                       f"({result['decode_ceiling_tokens_per_s']:.1f})")
+            print(f"batch {batch:>3}: {result['tokens_per_s']:7.1f} tokens/s, {result['stories_per_s']:.3f} stories/s, "
+                  f"p50 {1e3 * result['token_latency_p50_s']:.1f} ms, p95 {1e3 * result['token_latency_p95_s']:.1f} ms "
+                  f"per token, {result['kv_bytes'] / 2**20:.1f} MiB KV; {ceiling}", flush=True)
+            runs[batch].append(result)
+            report["batches"] = [bench.median_run(runs[b]) for b in batches if runs[b]]
+            write(args.out, report)  # a run cut short keeps what it measured
     fit = kv_fit(settings, args.fit_segments)
     print(f"one KV budget of {fit['budget_bytes'] / 2**20:.0f} MiB holds {fit['mm_sink_stories']} mm-sink stories "
           f"of {fit['segments']} segments, "

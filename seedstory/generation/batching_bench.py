@@ -108,6 +108,17 @@ def run_batch(settings: BatchingSettings, batch: int) -> dict:
     return result
 
 
+HEADLINE = ("tokens_per_s", "stories_per_s", "token_latency_p50_s", "token_latency_p95_s")
+
+
+def median_run(runs: list[dict]) -> dict:
+    """One batch size's row over repeated runs: the median of each headline figure, every other figure
+    from the run of median throughput (a real run), and each run's headline figures."""
+    middle = sorted(runs, key=lambda run: run["tokens_per_s"])[(len(runs) - 1) // 2]
+    return middle | {key: float(np.median([run[key] for run in runs])) for key in HEADLINE} | {
+        "runs": [{key: run[key] for key in HEADLINE} for run in runs]}
+
+
 def decode_weight_bytes(model) -> int:
     """Weight bytes one decode forward reads: the LLM's, less its embedding table (a lookup reads B rows)."""
     embedding = model.llm.get_input_embeddings().weight

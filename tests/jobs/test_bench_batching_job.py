@@ -50,7 +50,8 @@ def test_in_process_the_benchmark_runs_where_ray_is_not_installed(tmp_path):
     """A bare GPU machine has no Ray: ``--in-process`` measures every batch size in the job's own process."""
     argv = ["jobs/bench_batching.py", "--in-process", "--out", str(tmp_path), "--config", "tiny", "--batches", "1,2",
             "--segments", "2", "--text-tokens", "3", "--window", "48", "--caption-tokens", "4",
-            "--stories-per-row", "1", "--arrive-every", "1", "--fit-segments", "20", "--threads", "1", *TINY_SHAPE]
+            "--stories-per-row", "1", "--arrive-every", "1", "--fit-segments", "20", "--threads", "1",
+            "--repeats", "3", *TINY_SHAPE]
     without_ray = f"import runpy, sys; sys.modules['ray'] = None; sys.argv = {argv!r}; " \
                   "runpy.run_path(sys.argv[0], run_name='__main__')"
     done = subprocess.run([sys.executable, "-c", without_ray], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -59,7 +60,11 @@ def test_in_process_the_benchmark_runs_where_ray_is_not_installed(tmp_path):
     report = json.loads((tmp_path / "batching.json").read_text())
     assert (tmp_path / "batching.png").read_bytes().startswith(b"\x89PNG")
     assert report["config"]["device"] == "cpu" and [b["batch"] for b in report["batches"]] == [1, 2]
+    assert report["config"]["repeats"] == 3 and done.stdout.count("batch   1:") == 3
     for row in report["batches"]:
         assert 0 < row["decode_bandwidth_fraction"] and row["copy_bandwidth_bytes_per_s"] > 0
         assert f"{row['decode_bandwidth_fraction']:.3f} of the bandwidth ceiling" in done.stdout
+        runs = row["runs"]
+        assert len(runs) == 3 and row["tokens_per_s"] == sorted(run["tokens_per_s"] for run in runs)[1]
+        assert row["token_latency_p95_s"] == sorted(run["token_latency_p95_s"] for run in runs)[1]
     assert report["fit"]["dense_stories"] == 4, "the KV fit is computed on the meta device, whatever the model"
