@@ -27,6 +27,7 @@ dtype's minimum) and goes to the model's own attention implementation (eager or 
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -119,17 +120,25 @@ def batch_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
 AttentionInterface.register(BATCH_ATTENTION, batch_attention)
 
 
+_SWITCHED = threading.Lock()
+
+
 @contextmanager
 def packed_attention(config: PreTrainedConfig, forward: BatchForward) -> Iterator[None]:
     """Run the model's forwards under ``batch_attention`` (it has no mask of its own to build), each
-    group's attention under the implementation the model was configured with. The switch is the model
-    config's, so nothing else may run the model meanwhile: the engine's thread is its only user."""
-    forward.attention = config._attn_implementation
-    config._attn_implementation = BATCH_ATTENTION
-    try:
-        yield
-    finally:
-        config._attn_implementation = forward.attention
+    group's attention under the implementation the model was configured with.
+
+    The switch is the model config's, so packed forwards in one process take turns: two engines may
+    share a model (a writer re-deployed with the same weights finishes its stories while the next one
+    starts), and one must not run while the other has the model switched. Nothing but an engine may
+    run a model while an engine writes with it."""
+    with _SWITCHED:
+        forward.attention = config._attn_implementation
+        config._attn_implementation = BATCH_ATTENTION
+        try:
+            yield
+        finally:
+            config._attn_implementation = forward.attention
 
 
 class BatchSinkLayer(CacheLayerMixin):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -210,3 +212,23 @@ def test_a_failed_forward_ends_every_story_with_its_error(mllm, monkeypatch):
         batched.step()
     assert all(story.done and story.error == "RuntimeError: device lost" for story in stories)
     assert batched.idle and batched.cache.tables == [None, None]
+
+
+def test_two_engines_sharing_a_model_in_two_threads_each_write_the_stories_alone(mllm):
+    """A re-deployed writer finishes its stories on one engine while the next engine starts on the same model."""
+    cache = CACHES["mm-sink"]
+    expected = [list(StoryGenerator(mllm, settings(seed), cache, eos_id=EOS, separator_ids=SEPARATOR)
+                     .generate(start(mllm, seed))) for seed in range(4)]
+    engines = [engine(mllm, cache, max_stories=2) for _ in range(2)]
+    stories = [engines[seed % 2].submit(start(mllm, seed), settings(seed)) for seed in range(4)]
+    threads = [threading.Thread(target=each.run) for each in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for story, segments in zip(stories, expected):
+        assert story.outcome is Outcome.COMPLETED, story.error
+        assert [s.text_ids for s in story.segments] == [s.text_ids for s in segments]
+        for mine, theirs in zip(story.segments, segments):
+            torch.testing.assert_close(mine.features, theirs.features, rtol=0, atol=1e-5)
+    assert mllm.llm.config._attn_implementation in ("eager", "sdpa")
