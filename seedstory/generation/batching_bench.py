@@ -78,7 +78,7 @@ def run_batch(settings: BatchingSettings, batch: int) -> dict:
             raise RuntimeError(f"story {story.id} did not have the fixed workload ({story.outcome})")
     gaps = np.concatenate([np.diff(times) for story in stories for times in story.token_times])
     tokens = sum(len(s.text_ids) for story in stories for s in story.segments)
-    decodes = engine.decodes
+    decodes, chunks = engine.decodes, engine.chunks
     result = {
         "batch": batch,
         "stories": count,
@@ -89,15 +89,15 @@ def run_batch(settings: BatchingSettings, batch: int) -> dict:
         "token_latency_p95_s": float(np.percentile(gaps, 95)),
         "steps": engine.steps,
         "decode_forwards": decodes.forwards,
-        "stories_per_decode_forward": decodes.stories / max(decodes.forwards, 1),
-        "decode_forward_s": decodes.seconds / max(decodes.forwards, 1),
-        "dummy_rows_per_decode_forward": decodes.dummy_rows / max(decodes.forwards, 1),
+        "stories_per_decode_forward": per_forward(decodes.stories, decodes),
+        "decode_forward_s": per_forward(decodes.seconds, decodes),
+        "dummy_rows_per_decode_forward": per_forward(decodes.dummy_rows, decodes),
         "decode_s": decodes.seconds,
-        "chunk_forwards": engine.chunks.forwards,
-        "chunk_forward_s": engine.chunks.seconds / max(engine.chunks.forwards, 1),
-        "tokens_per_chunk_forward": engine.chunks.tokens / max(engine.chunks.forwards, 1),
-        "chunk_s": engine.chunks.seconds,
-        "text_tokens_beside_chunks": engine.chunks.decoding,
+        "chunk_forwards": chunks.forwards,
+        "chunk_forward_s": per_forward(chunks.seconds, chunks),
+        "tokens_per_chunk_forward": per_forward(chunks.tokens, chunks),
+        "chunk_s": chunks.seconds,
+        "text_tokens_beside_chunks": chunks.decoding,
         "text_tokens": tokens,
         "kv_bytes": engine.cache.tensor_bytes(),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -106,6 +106,11 @@ def run_batch(settings: BatchingSettings, batch: int) -> dict:
     if device.type != "cpu":
         result["peak_device_bytes"] = torch.accelerator.max_memory_allocated(device)
     return result
+
+
+def per_forward(total: float, tally: ForwardTally) -> float | None:
+    """``total`` per forward of ``tally``'s kind; None when none ran (under load every forward may carry a chunk)."""
+    return total / tally.forwards if tally.forwards else None
 
 
 HEADLINE = ("tokens_per_s", "stories_per_s", "token_latency_p50_s", "token_latency_p95_s")
