@@ -4,11 +4,12 @@
 
 Recipe: config -> the models at --alias (stage 1's de-tokenizer, stage 2's MLLM, stage 3's adapted
 de-tokenizer) -> --stories test stories, each opened with its first frame and caption -> the
-de-tokenizer alone, teacher-forced images, free generation of --long-segments segments in every
-attention variant -> DIR/toy_eval.json and DIR/toy_eval.png, the same as an MLflow run (figures as
-metrics, per-segment scores as steps, the files as artifacts) -> PASS/MISS per target, and whether a
-variant leads the configured default by more than the evaluation's noise (``toy_world.clear_leader``). The free
-generation figures of --segments segments are the first segments of the default variant's long stories
+de-tokenizer alone and teacher-forced images, each with the facts its pictures got wrong, by kind ->
+free generation of --long-segments segments in every attention variant -> DIR/toy_eval.json and
+DIR/toy_eval.png, the same as an MLflow run (figures and error counts as metrics, per-segment scores
+as steps, the files as artifacts) -> PASS/MISS per target, and whether a variant leads the configured
+default by more than the evaluation's noise (``toy_world.clear_leader``). The free generation figures
+of --segments segments are the first segments of the default variant's long stories
 (generation is deterministic, so a shorter story is exactly their beginning).
 """
 
@@ -80,13 +81,15 @@ def main() -> None:
     with tracked_run(config.tracking, stage="evaluate_toy", run_name=f"evaluate-toy-{time.strftime('%Y%m%d-%H%M%S')}",
                      params=config, tags=lineage):
         began = time.perf_counter()
-        figures = {"detokenizer_coherence": float(np.mean(
-            toy_world.detokenizer_alone(stage1, models.vit, stories, judge, window_frames, config.model.scheduler)))}
-        figures["adapted_detokenizer_coherence"] = float(np.mean(
-            toy_world.detokenizer_alone(models.detokenizer, models.vit, stories, judge, window_frames,
-                                        config.model.scheduler)))
-        figures["teacher_forced_coherence"] = float(np.mean(
-            toy_world.teacher_forced(StoryPipeline(models, config), stories, judge, window_frames)))
+        judged = {
+            "detokenizer": toy_world.detokenizer_alone(stage1, models.vit, stories, judge, window_frames,
+                                                       config.model.scheduler),
+            "adapted_detokenizer": toy_world.detokenizer_alone(models.detokenizer, models.vit, stories, judge,
+                                                               window_frames, config.model.scheduler),
+            "teacher_forced": toy_world.teacher_forced(StoryPipeline(models, config), stories, judge, window_frames),
+        }
+        figures = {f"{name}_coherence": float(np.mean(pictures.coherence)) for name, pictures in judged.items()}
+        errors = {name: pictures.errors for name, pictures in judged.items()}
         print(f"de-tokenizer and teacher-forced figures in {time.perf_counter() - began:.0f} s", flush=True)
 
         curves, long_overall, runs_of = {}, {}, {}
@@ -115,6 +118,7 @@ def main() -> None:
                                    "guidance_scale": config.model.scheduler.guidance_scale}},
             "models": {name: {"reference": s.reference, "version": s.version, "uri": s.uri} for name, s in sources.items()},
             "figures": figures,
+            "errors": errors,
             "targets": {name: {"value": figures[name], "target": f">= {bound}", "ok": figures[name] >= bound}
                         for name, bound in TARGETS.items()},
             "attention": {"overall": long_overall, "beyond_training_length": beyond, "best": best,
@@ -124,6 +128,8 @@ def main() -> None:
         files = {"toy_eval.json": json.dumps(result, indent=1).encode(),
                  "toy_eval.png": toy_world.plot_per_segment(curves, window_frames)}
         mlflow.log_metrics({f"toy/{name}": value for name, value in figures.items()})
+        mlflow.log_metrics({f"toy/errors/{name}/{kind}": count for name, counts in errors.items()
+                            for kind, count in counts.items()})
         for index in range(args.long_segments):
             mlflow.log_metrics({f"toy/{name}/{score}": values[index] for name, scores in curves.items()
                                 for score, values in scores.items() if values[index] is not None}, step=index)
@@ -135,6 +141,9 @@ def main() -> None:
 
     for name, target in result["targets"].items():
         print(f"{'PASS' if target['ok'] else 'MISS'} {name}: {target['value']:.3f} ({target['target']})")
+    for name, counts in errors.items():
+        wrong = ", ".join(f"{kind} {counts[kind]}" for kind in ("scene", "missing", "position", "size", "extra"))
+        print(f"{name}: {counts['pictures']} pictures of {counts['characters']} characters; wrong: {wrong}")
     if best is None:
         print(f"attention variants not compared: --long-segments {args.long_segments} does not pass the training "
               f"length ({window_frames} frames)")

@@ -6,6 +6,7 @@ caption:
 - de-tokenizer alone: paint each real frame from its ViT features; coherence with its caption;
 - teacher-forced: the MLLM reads the true earlier frames and captions plus the true next caption,
   regresses the next image's features, the adapted de-tokenizer paints them; coherence with that caption;
+  both also count what their pictures got wrong by kind of fact, which says what bounds them;
 - free generation: the story pipeline writes and paints on its own; per segment the caption's
   validity (a legal next world state), image-text coherence and frame-to-frame consistency
   (segment 0 against the opening frame);
@@ -15,7 +16,9 @@ caption:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,7 +28,8 @@ from seedstory import figures
 from seedstory.config.model import SchedulerConfig
 from seedstory.data.layout import StoryLayout
 from seedstory.data.pixels import vit_pixels
-from seedstory.data.toyworld.judge import Judge, coherence_of_facts, consistency_of_facts
+from seedstory.data.toyworld.captions import parse_caption
+from seedstory.data.toyworld.judge import Judge, coherence_of_facts, consistency_of_facts, fact_errors
 from seedstory.data.toyworld.validity import caption_validity
 from seedstory.eval.held_out import HeldOutStory
 from seedstory.generation import pipeline as story_pipeline
@@ -54,19 +58,38 @@ def paint(detokenizer: Detokenizer, features: torch.Tensor, scheduler: Scheduler
     return images
 
 
+@dataclass(frozen=True)
+class Judged:
+    """Pictures read by the judge against their captions: each one's coherence, and the facts they got
+    wrong by kind (``fact_errors``), beside the ``pictures`` and stated ``characters`` they come from."""
+
+    coherence: list[float]
+    errors: dict[str, int]
+
+
+def judge_pictures(judge: Judge, images: Sequence[Image.Image], captions: Sequence[str]) -> Judged:
+    coherence, errors = [], Counter({"pictures": len(captions), "characters": 0})
+    for image, caption in zip(images, captions, strict=True):
+        stated, shown = parse_caption(caption), judge.read(image)
+        coherence.append(coherence_of_facts(caption, shown))
+        errors["characters"] += len(stated.positions)
+        errors.update(fact_errors(stated, shown))
+    return Judged(coherence, dict(errors))
+
+
 def detokenizer_alone(detokenizer: Detokenizer, vit: torch.nn.Module, stories: list[HeldOutStory],
-                      judge: Judge, frames_per_story: int, scheduler: SchedulerConfig) -> list[float]:
-    """Coherence of each real frame repainted from its own ViT features."""
+                      judge: Judge, frames_per_story: int, scheduler: SchedulerConfig) -> Judged:
+    """Each real frame repainted from its own ViT features, judged against its caption."""
     frames = [(frame, caption) for s in stories for frame, caption in
               list(zip(s.frames, s.captions))[:frames_per_story]]
     painted = paint(detokenizer, vit_features(vit, [f for f, _ in frames]), scheduler)
-    return [judge.coherence(image, caption) for image, (_, caption) in zip(painted, frames)]
+    return judge_pictures(judge, painted, [caption for _, caption in frames])
 
 
 @torch.no_grad()
 def teacher_forced(pipeline: StoryPipeline, stories: list[HeldOutStory], judge: Judge,
-                   window_frames: int) -> list[float]:
-    """Coherence of the image painted for the true next caption, given the true story so far."""
+                   window_frames: int) -> Judged:
+    """The image painted for the true next caption, given the true story so far, judged against that caption."""
     models = pipeline.models
     layout = StoryLayout(models.tokenizer, len(models.mllm.layout.image))
     regressed, captions = [], []
@@ -82,7 +105,7 @@ def teacher_forced(pipeline: StoryPipeline, stories: list[HeldOutStory], judge: 
             regressed.append(out.regressed)
             captions.append(story.captions[target])
     painted = paint(models.detokenizer, torch.cat(regressed), pipeline.config.model.scheduler)
-    return [judge.coherence(image, caption) for image, caption in zip(painted, captions)]
+    return judge_pictures(judge, painted, captions)
 
 
 def free_story_scores(pipeline: StoryPipeline, story: HeldOutStory, judge: Judge, segments: int,

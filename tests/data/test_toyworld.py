@@ -13,7 +13,7 @@ from seedstory.data.stories import load_story, scan_dataset
 from seedstory.data.toyworld.captions import FrameFacts, parse_caption
 from seedstory.data.story_text import text_stories
 from seedstory.data.toyworld.generate import split_of, toy_story, write_toy_world
-from seedstory.data.toyworld.judge import Judge
+from seedstory.data.toyworld.judge import Judge, fact_errors
 from seedstory.data.toyworld.render import render_frame
 from seedstory.data.toyworld.world import possible_events, story_states
 from seedstory.storage import join
@@ -114,6 +114,14 @@ def test_judge_scores_shuffled_and_noised_frames_low():
     assert np.mean([s.mean_coherence for s in shuffled]) < 0.25
     assert np.mean([s.mean_consistency for s in shuffled]) < 0.6
     assert max(s.mean_coherence for s in noised) < 0.1 and max(s.mean_consistency for s in noised) < 0.1
+
+
+def test_fact_errors_count_each_kind_of_wrong_fact_once():
+    stated = FrameFacts("beach", {"Tom": "left", "Mia": "middle", "Ben": "right"}, {"Tom": "big", "Mia": "small", "Ben": "small"})
+    shown = FrameFacts("cave", {"Tom": "left", "Mia": "right", "Kit": "middle"}, {"Tom": "small", "Mia": "small", "Kit": "big"})
+    assert fact_errors(stated, shown) == {"scene": 1, "missing": 1, "position": 1, "size": 1, "extra": 1}
+    assert fact_errors(stated, stated) == {"scene": 0, "missing": 0, "position": 0, "size": 0, "extra": 0}
+    assert fact_errors(stated, FrameFacts(None)) == {"scene": 1, "missing": 3, "position": 0, "size": 0, "extra": 0}
 
 
 @pytest.mark.parametrize("caption, facts", [

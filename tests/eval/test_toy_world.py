@@ -15,8 +15,12 @@ from mlflow import MlflowClient
 
 from seedstory import storage
 from seedstory.config import load_config
-from seedstory.data.toyworld.generate import write_toy_world
-from seedstory.eval.toy_world import beyond_training_length, clear_leader, leads_over, overall, paint, per_segment
+from seedstory.config.data import ToyWorldConfig
+from seedstory.data.toyworld.generate import toy_story, write_toy_world
+from seedstory.data.toyworld.judge import Judge
+from seedstory.data.toyworld.render import render_frame
+from seedstory.eval.toy_world import (beyond_training_length, clear_leader, judge_pictures, leads_over, overall, paint,
+                                      per_segment)
 from seedstory.generation.pipeline import to_image
 from seedstory.models.detokenizer import build_detokenizer
 from tests.conftest import REPO_ROOT
@@ -36,6 +40,25 @@ def test_pictures_are_painted_with_the_evaluated_configs_sampler_not_the_exporte
     assert all(np.array_equal(np.asarray(image), np.asarray(to_image(p))) for image, p in zip(painted, expected))
     unguided = paint(detokenizer, features, guided.model_copy(update={"guidance_scale": 1.0}))
     assert not np.array_equal(np.asarray(unguided[0]), np.asarray(painted[0]))
+
+
+def test_judged_pictures_count_their_wrong_facts_against_the_characters_their_captions_state():
+    world = ToyWorldConfig(stories=4, min_frames=8, max_frames=12, seed=3)
+    story = toy_story(world, 0)
+    frames = [render_frame(state, world.image_size) for state in story.states]
+    captions = list(story.record.captions)
+    judge = Judge(world.image_size)
+    stated = sum(len(state.cast) for state in story.states)
+    right = judge_pictures(judge, frames, captions)
+    assert right.coherence == [1.0] * len(frames)
+    assert right.errors == {"pictures": len(frames), "characters": stated, "scene": 0, "missing": 0, "position": 0,
+                            "size": 0, "extra": 0}
+    late = judge_pictures(judge, frames[:-1], captions[1:])  # each picture a frame behind its caption
+    assert late.coherence == [judge.coherence(image, caption) for image, caption in zip(frames, captions[1:])]
+    wrong = sum(late.errors[kind] for kind in ("scene", "missing", "position", "size", "extra"))
+    assert late.errors["pictures"] == len(frames) - 1 and wrong >= len(frames) - 1  # the world changes every frame
+    with pytest.raises(ValueError):
+        judge_pictures(judge, frames, captions[1:])
 
 
 def test_per_segment_means_count_the_stories_that_reached_each_segment():
@@ -99,6 +122,10 @@ def test_evaluate_toy_job_writes_its_figures_and_logs_them_to_mlflow(ray_head, s
     assert set(result["targets"]) == {"detokenizer_coherence", "teacher_forced_coherence", "free_validity",
                                       "free_coherence", "free_consistency"}
     assert all(0.0 <= target["value"] <= 1.0 for target in result["targets"].values())
+    assert set(result["errors"]) == {"detokenizer", "adapted_detokenizer", "teacher_forced"}
+    assert result["errors"]["teacher_forced"]["pictures"] == 2  # two stories, the second frame of each
+    assert result["errors"]["detokenizer"]["pictures"] == 4 and result["errors"]["detokenizer"]["characters"] > 0
+    assert "teacher_forced: 2 pictures of " in done.stdout
     for name, target in result["targets"].items():
         assert f"{'PASS' if target['ok'] else 'MISS'} {name}" in done.stdout
     variants = {"dense", "window", "sink/absolute", "sink/rerotate", "mm-sink/absolute", "mm-sink/rerotate"}
@@ -120,4 +147,5 @@ def test_evaluate_toy_job_writes_its_figures_and_logs_them_to_mlflow(ray_head, s
     assert run.data.metrics["toy/free_validity"] == pytest.approx(result["figures"]["free_validity"])
     steps = client.get_metric_history(run.info.run_id, "toy/mm-sink/absolute/coherence")
     assert sorted(m.step for m in steps) == [0, 1, 2, 3]
+    assert run.data.metrics["toy/errors/teacher_forced/position"] == result["errors"]["teacher_forced"]["position"]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"toy_eval.json", "toy_eval.png"}

@@ -118,6 +118,17 @@ def coherence_of_facts(caption: str, shown: FrameFacts) -> float:
     return _jaccard(parse_caption(caption).as_set(), shown.as_set())
 
 
+def fact_errors(stated: FrameFacts, shown: FrameFacts) -> dict[str, int]:
+    """Why a frame falls short of its caption, by kind of fact: the scene, a stated character not
+    found, one found out of its slot or at another size, a character shown that was not stated."""
+    found = [name for name in stated.positions if name in shown.positions]
+    return {"scene": int(shown.scene != stated.scene),
+            "missing": len(stated.positions) - len(found),
+            "position": sum(shown.positions[name] != stated.positions[name] for name in found),
+            "size": sum(shown.sizes[name] != stated.sizes[name] for name in found),
+            "extra": sum(name not in stated.positions for name in shown.positions)}
+
+
 def consistency_of_facts(current: FrameFacts, previous: FrameFacts) -> float:
     """A frame without a recognisable scene has kept no style at all and scores 0."""
     if current.scene is None:
