@@ -7,10 +7,11 @@ MLflow model reference (default models:/seedstory-mllm@candidate, models:/seedst
 or an export URI; the versions and runs they resolve to are recorded on the run (lineage).
 Trained (inside the DeepSpeed engine, ZeRO-3 partitions it, built under `deepspeed.zero.Init`):
 stage 1's condition adapter + UNet, in full, on the diffusion noise MSE of each window's target
-frame. Frozen (outside it, never gathered): the ViT, which reads the window's frames; the MLLM,
-which reads the window with the target frame as the image to generate and regresses its features
-(the condition); the VAE, which encodes the target. Data: story windows (new ones each pass,
-shuffled) cut with the MLLM's own tokenizer (+ the val split, evaluated every `val_every` steps).
+frame. Frozen (outside it, never gathered): the ViT, which reads the window's frames; the MLLM, its
+LoRA merged as stories run it, which reads the window with the target frame as the image to generate
+and regresses its features (the condition); the VAE, which encodes the target. Data: story windows
+(new ones each pass, shuffled) cut with the MLLM's own tokenizer (+ the val split, evaluated every
+`val_every` steps).
 Export: the diffusers UNet + the adapter -> model version
 `train.detokenizer_adapt.registered_model`@candidate.
 """
@@ -21,6 +22,7 @@ import argparse
 
 import torch
 from diffusers import AutoencoderKL
+from peft import PeftModel
 from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -34,6 +36,7 @@ from seedstory.data.stage_collate import WindowCollate, target_images
 from seedstory.models import freezing
 from seedstory.models.detokenizer import build_vae, encode_frames
 from seedstory.models.export import export_detokenizer, export_model_config, load_mllm
+from seedstory.models.lora import merge_lora
 from seedstory.models.mllm import SeedStoryMLLM
 from seedstory.models.partitioned import load_trained_detokenizer
 from seedstory.models.vit import build_vit
@@ -79,6 +82,8 @@ class DetokenizerAdapt(StageRecipe):
     def frozen(self) -> nn.Module:
         vit = build_vit(self.config.model)
         mllm, _ = load_mllm(self.sources["mllm"])
+        if isinstance(mllm.llm, PeftModel):
+            merge_lora(mllm)  # frozen here: the adapter folded in, as stories run it, and no LoRA pass per projection
         detokenizer_config = export_model_config(self.sources["detokenizer"], "detokenizer")
         vae = build_vae(detokenizer_config)
         freezing.freeze(vit, mllm, vae)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from peft import PeftModel
 from PIL import Image
 from ray import cloudpickle
 
@@ -156,11 +157,18 @@ def test_stage2_trains_the_adapter_and_resamplers_on_text_and_image_terms(config
 
 @pytest.fixture(scope="module")
 def stage3_sources(config, tmp_path_factory) -> dict[str, str]:
-    """Stage 1's and stage 2's exports, untrained."""
+    """Stage 1's export, untrained, and stage 2's with its LoRA factors drawn as a trained adapter's are
+    (not zero, so merging it changes the weights)."""
     root = tmp_path_factory.mktemp("stage3-sources")
     first, second = DetokenizerPretrain(config, {}), StoryInstruct(config, {})
     first.export(first.build(), str(root / "detok"))
-    second.export(second.build(), str(root / "mllm"))
+    mllm = second.build()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in mllm.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    second.export(mllm, str(root / "mllm"))
     return {"mllm": str(root / "mllm"), "detokenizer": str(root / "detok")}
 
 
@@ -177,6 +185,24 @@ def test_stage3_adapts_the_stage1_detokenizer_to_the_stage2_mllm(config, frames,
     recipe.export(model, str(tmp_path / "adapted"))
     adapted = load_detokenizer(str(tmp_path / "adapted"))
     assert torch.equal(adapted.unet.conv_in.weight, model.detokenizer.unet.conv_in.weight)
+
+
+def test_stage3_conditions_on_the_stage2_mllm_with_its_lora_merged_as_stories_run_it(config, frames, stage3_sources):
+    recipe = DetokenizerAdapt(config, stage3_sources)
+    conditioning = recipe.frozen()
+    assert not isinstance(conditioning.mllm.llm, PeftModel)
+    batch = recipe.collate()(windows(config, frames, sd_size=config.model.sd_image_size))
+    merged = feed(conditioning, batch)["features"]
+    unmerged, _ = load_mllm(stage3_sources["mllm"])
+    assert isinstance(unmerged.llm, PeftModel)
+    with torch.no_grad():
+        arguments = {"input_ids": batch["input_ids"], "image_features": conditioning.vit(batch["vit_pixels"]),
+                     "is_target": target_images(batch["num_images"])}
+        adapted = unmerged(**arguments).regressed
+        with unmerged.llm.disable_adapter():
+            base = unmerged(**arguments).regressed
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-4)
+    assert (base - adapted).abs().max() > 1e-2  # the adapter matters to the features
 
 
 def _checkpointed_block(model: torch.nn.Module) -> torch.nn.Module:
