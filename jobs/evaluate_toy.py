@@ -142,7 +142,7 @@ def main() -> None:
     for name, target in result["targets"].items():
         print(f"{'PASS' if target['ok'] else 'MISS'} {name}: {target['value']:.3f} ({target['target']})")
     for name, counts in errors.items():
-        wrong = ", ".join(f"{kind} {counts[kind]}" for kind in ("scene", "missing", "position", "size", "extra"))
+        wrong = ", ".join(f"{kind} {count}" for kind, count in counts.items() if kind not in ("pictures", "characters"))
         print(f"{name}: {counts['pictures']} pictures of {counts['characters']} characters; wrong: {wrong}")
     if best is None:
         print(f"attention variants not compared: --long-segments {args.long_segments} does not pass the training "
