@@ -5,7 +5,8 @@
 Recipe: config -> the models at --alias (stage 1's de-tokenizer, stage 2's MLLM, stage 3's adapted
 de-tokenizer) -> --stories test stories, each opened with its first frame and caption -> the
 de-tokenizer alone and teacher-forced images, each with the facts its pictures got wrong, by kind ->
-free generation of --long-segments segments in every attention variant -> DIR/toy_eval.json and
+free generation of --long-segments segments in every attention variant, and how many characters the
+default variant's captions name against the test stories' own (``cast``) -> DIR/toy_eval.json and
 DIR/toy_eval.png, the same as an MLflow run (figures and error counts as metrics, per-segment scores
 as steps, the files as artifacts) -> PASS/MISS per target, and whether a variant leads the configured
 default by more than the evaluation's noise (``toy_world.clear_leader``). The free generation figures
@@ -103,9 +104,18 @@ def main() -> None:
             curves[name] = toy_world.per_segment(runs, args.long_segments)
             long_overall[name] = toy_world.overall(runs)
             print(f"{name}: {long_overall[name]} in {time.perf_counter() - began:.0f} s", flush=True)
-        short = [{score: run[score][:args.segments] for score in ("validity", "coherence", "consistency")}
+        short = [{score: run[score][:args.segments] for score in ("validity", "coherence", "consistency", "characters")}
                  for run in runs_of[default_name]]
         figures.update({f"free_{score}": value for score, value in toy_world.overall(short).items()})
+        cast = {
+            "written": toy_world.cast_sizes([n for run in short for n in run["characters"]],
+                                      [v for run in short for v in run["validity"]]),
+            "true": toy_world.cast_sizes([toy_world.characters_named(caption) for story in stories
+                                    for caption in story.captions[1:args.segments + 1]]),
+        }
+        print(f"characters per caption: written {cast['written']['characters_per_caption']:.2f} (at most one in "
+              f"{cast['written']['one_character_share']:.2f}), the test stories' own "
+              f"{cast['true']['characters_per_caption']:.2f} ({cast['true']['one_character_share']:.2f})", flush=True)
 
         beyond = toy_world.beyond_training_length(curves, window_frames)
         best = max(beyond, key=beyond.get) if beyond else None
@@ -119,6 +129,7 @@ def main() -> None:
             "models": {name: {"reference": s.reference, "version": s.version, "uri": s.uri} for name, s in sources.items()},
             "figures": figures,
             "errors": errors,
+            "cast": cast,
             "targets": {name: {"value": figures[name], "target": f">= {bound}", "ok": figures[name] >= bound}
                         for name, bound in TARGETS.items()},
             "attention": {"overall": long_overall, "beyond_training_length": beyond, "best": best,
@@ -130,6 +141,8 @@ def main() -> None:
         mlflow.log_metrics({f"toy/{name}": value for name, value in figures.items()})
         mlflow.log_metrics({f"toy/errors/{name}/{kind}": count for name, counts in errors.items()
                             for kind, count in counts.items()})
+        mlflow.log_metrics({f"toy/cast/{whose}/{name}": value for whose, figures_of in cast.items()
+                            for name, value in figures_of.items() if value is not None})
         for index in range(args.long_segments):
             mlflow.log_metrics({f"toy/{name}/{score}": values[index] for name, scores in curves.items()
                                 for score, values in scores.items() if values[index] is not None}, step=index)

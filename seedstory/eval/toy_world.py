@@ -9,7 +9,8 @@ caption:
   both also count what their pictures got wrong by kind of fact, which says what bounds them;
 - free generation: the story pipeline writes and paints on its own; per segment the caption's
   validity (a legal next world state), image-text coherence and frame-to-frame consistency
-  (segment 0 against the opening frame);
+  (segment 0 against the opening frame), and how many characters the caption names, beside the
+  test stories' own captions: a story that has lost all but one character has few rules left to break;
 - the same free generation for every cache and position mode, scored per segment index, so the
   default attention is chosen by quality past the training length, by leads clear of the noise.
 """
@@ -125,7 +126,29 @@ def story_scores(judge: Judge, opening: str, opening_frame: Image.Image, texts: 
         "validity": [float(v) for v in caption_validity(opening, list(texts))],
         "coherence": [coherence_of_facts(text, fact) for text, fact in zip(texts, facts[1:])],
         "consistency": [consistency_of_facts(facts[i], facts[i - 1]) for i in range(1, len(facts))],
+        "characters": [float(characters_named(text)) for text in texts],
     }
+
+
+def characters_named(caption: str) -> int:
+    return len(parse_caption(caption).positions)
+
+
+def cast_sizes(characters: Sequence[float], validity: Sequence[float] | None = None) -> dict[str, float | None]:
+    """How many characters captions name: the mean, and the share naming one at most; with ``validity``
+    (written captions), how often each kind is valid (None where there is none of a kind)."""
+    counts = np.asarray(characters, dtype=float)
+    if not counts.size:
+        raise ValueError("no captions to count characters in")
+    out: dict[str, float | None] = {"characters_per_caption": float(counts.mean()),
+                                    "one_character_share": float((counts <= 1).mean())}
+    if validity is not None:
+        if len(validity) != len(counts):
+            raise ValueError(f"{len(counts)} captions but {len(validity)} verdicts")
+        valid = np.asarray(validity, dtype=float)
+        for name, kind in (("valid_one_character", counts <= 1), ("valid_more_characters", counts > 1)):
+            out[name] = float(valid[kind].mean()) if kind.any() else None
+    return out
 
 
 def per_segment(runs: list[dict[str, list[float]]], segments: int) -> dict[str, list[float | None]]:

@@ -19,8 +19,8 @@ from seedstory.config.data import ToyWorldConfig
 from seedstory.data.toyworld.generate import toy_story, write_toy_world
 from seedstory.data.toyworld.judge import Judge
 from seedstory.data.toyworld.render import render_frame
-from seedstory.eval.toy_world import (beyond_training_length, clear_leader, judge_pictures, leads_over, overall, paint,
-                                      per_segment)
+from seedstory.eval.toy_world import (beyond_training_length, cast_sizes, characters_named, clear_leader,
+                                      judge_pictures, leads_over, overall, paint, per_segment)
 from seedstory.generation.pipeline import to_image
 from seedstory.models.detokenizer import build_detokenizer
 from tests.conftest import REPO_ROOT
@@ -100,6 +100,25 @@ def test_overall_scores_a_story_that_ended_early_zero_for_what_it_missed():
     assert overall(runs) == {"validity": 0.75, "coherence": 0.75, "consistency": 0.75}
 
 
+def test_a_caption_names_the_characters_on_stage():
+    config = ToyWorldConfig(seed=3)
+    for index in range(6):
+        story = toy_story(config, index)
+        assert [characters_named(c) for c in story.record.captions] == [len(s.cast) for s in story.states]
+
+
+def test_cast_sizes_count_characters_and_the_validity_of_each_kind():
+    assert cast_sizes([1, 2, 1, 3], [1.0, 0.0, 0.0, 1.0]) == {
+        "characters_per_caption": 1.75, "one_character_share": 0.5, "valid_one_character": 0.5,
+        "valid_more_characters": 0.5}
+    assert cast_sizes([0, 1, 2, 3]) == {"characters_per_caption": 1.5, "one_character_share": 0.5}
+    assert cast_sizes([2, 3], [1.0, 0.0])["valid_one_character"] is None
+    with pytest.raises(ValueError, match="2 captions but 1 verdicts"):
+        cast_sizes([1, 2], [1.0])
+    with pytest.raises(ValueError, match="no captions"):
+        cast_sizes([])
+
+
 @pytest.mark.stack
 def test_evaluate_toy_job_writes_its_figures_and_logs_them_to_mlflow(ray_head, story_models, weights_cache):
     root = f"s3://{ray_head.bucket}/toy-eval-{uuid.uuid4().hex[:6]}"
@@ -126,6 +145,11 @@ def test_evaluate_toy_job_writes_its_figures_and_logs_them_to_mlflow(ray_head, s
     assert result["errors"]["teacher_forced"]["pictures"] == 2  # two stories, the second frame of each
     assert result["errors"]["detokenizer"]["pictures"] == 4 and result["errors"]["detokenizer"]["characters"] > 0
     assert "teacher_forced: 2 pictures of " in done.stdout
+    written, true = result["cast"]["written"], result["cast"]["true"]
+    assert 0 <= written["characters_per_caption"] <= 3 and 1 <= true["characters_per_caption"] <= 3
+    assert set(written) == {"characters_per_caption", "one_character_share", "valid_one_character",
+                            "valid_more_characters"} and set(true) == {"characters_per_caption", "one_character_share"}
+    assert f"the test stories' own {true['characters_per_caption']:.2f}" in done.stdout
     for name, target in result["targets"].items():
         assert f"{'PASS' if target['ok'] else 'MISS'} {name}" in done.stdout
     variants = {"dense", "window", "sink/absolute", "sink/rerotate", "mm-sink/absolute", "mm-sink/rerotate"}
@@ -148,4 +172,5 @@ def test_evaluate_toy_job_writes_its_figures_and_logs_them_to_mlflow(ray_head, s
     steps = client.get_metric_history(run.info.run_id, "toy/mm-sink/absolute/coherence")
     assert sorted(m.step for m in steps) == [0, 1, 2, 3]
     assert run.data.metrics["toy/errors/teacher_forced/position"] == result["errors"]["teacher_forced"]["position"]
+    assert run.data.metrics["toy/cast/true/characters_per_caption"] == pytest.approx(true["characters_per_caption"])
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"toy_eval.json", "toy_eval.png"}
