@@ -109,9 +109,9 @@ def main() -> None:
         figures.update({f"free_{score}": value for score, value in toy_world.overall(short).items()})
         cast = {
             "written": toy_world.cast_sizes([n for run in short for n in run["characters"]],
-                                      [v for run in short for v in run["validity"]]),
+                                            [v for run in short for v in run["validity"]]),
             "true": toy_world.cast_sizes([toy_world.characters_named(caption) for story in stories
-                                    for caption in story.captions[1:args.segments + 1]]),
+                                          for caption in story.captions[1:args.segments + 1]]),
         }
         print(f"characters per caption: written {cast['written']['characters_per_caption']:.2f} (at most one in "
               f"{cast['written']['one_character_share']:.2f}), the test stories' own "

@@ -120,7 +120,8 @@ def free_story_scores(pipeline: StoryPipeline, story: HeldOutStory, judge: Judge
 
 def story_scores(judge: Judge, opening: str, opening_frame: Image.Image, texts: Sequence[str],
                  images: Sequence[Image.Image]) -> dict[str, list[float]]:
-    """Per segment: caption validity (0/1), image-text coherence, consistency with the frame before."""
+    """Per segment: caption validity (0/1), image-text coherence, consistency with the frame before, and
+    the characters the caption names."""
     facts = [judge.read(image) for image in [opening_frame, *images]]
     return {
         "validity": [float(v) for v in caption_validity(opening, list(texts))],
