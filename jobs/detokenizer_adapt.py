@@ -22,7 +22,6 @@ import argparse
 
 import torch
 from diffusers import AutoencoderKL
-from peft import PeftModel
 from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -82,8 +81,7 @@ class DetokenizerAdapt(StageRecipe):
     def frozen(self) -> nn.Module:
         vit = build_vit(self.config.model)
         mllm, _ = load_mllm(self.sources["mllm"])
-        if isinstance(mllm.llm, PeftModel):
-            merge_lora(mllm)  # frozen here: the adapter folded in, as stories run it, and no LoRA pass per projection
+        merge_lora(mllm)  # frozen here: the adapter folded in, as stories run it, and no LoRA pass per projection
         detokenizer_config = export_model_config(self.sources["detokenizer"], "detokenizer")
         vae = build_vae(detokenizer_config)
         freezing.freeze(vit, mllm, vae)

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 from mlflow import MlflowClient
-from peft import PeftModel
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
@@ -85,8 +84,7 @@ def load_writer(uri: str) -> tuple[SeedStoryMLLM, PreTrainedTokenizerBase, Visio
     mllm, tokenizer = load_mllm(uri)
     if tokenizer is None:
         raise WeightsError(f"{uri}: the MLLM export holds no tokenizer/, so its text cannot be read")
-    if isinstance(mllm.llm, PeftModel):
-        merge_lora(mllm)
+    merge_lora(mllm)
     vit_config = export_model_config(uri, "mllm")
     if vit_config.vit.weights is None:
         raise WeightsError(f"{uri}: the export names no ViT weights (model.vit.weights is null)")

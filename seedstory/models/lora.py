@@ -31,8 +31,8 @@ def attach_lora(mllm: SeedStoryMLLM, config: LoRAConfig) -> SeedStoryMLLM:
 
 
 def merge_lora(mllm: SeedStoryMLLM) -> SeedStoryMLLM:
-    """Fold the adapter into the base weights (for serving); returns ``mllm`` with a plain LLM."""
-    if not isinstance(mllm.llm, PeftModel):
-        raise ValueError("the MLLM's LLM carries no peft adapter to merge")
-    mllm.llm = mllm.llm.merge_and_unload()
+    """Fold the adapter into the base weights, as stories run the MLLM; returns ``mllm`` with a plain LLM
+    (unchanged when an export holds its LLM's full weights instead of an adapter)."""
+    if isinstance(mllm.llm, PeftModel):
+        mllm.llm = mllm.llm.merge_and_unload()
     return mllm

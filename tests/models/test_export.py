@@ -15,7 +15,7 @@ from seedstory.models.detokenizer import build_detokenizer
 from seedstory.models.export import (
     export_detokenizer, export_llm, export_mllm, export_vae, export_vit, load_detokenizer, load_mllm,
 )
-from seedstory.models.lora import attach_lora
+from seedstory.models.lora import attach_lora, merge_lora
 from seedstory.models.mllm import build_mllm
 from seedstory.models.vit import build_vit
 from seedstory.models.weights import WeightsError
@@ -67,6 +67,13 @@ def test_mllm_with_lora_round_trips(root, tiny, token_ids, tokenizer, story_batc
         before, after = mllm(**story_batch), loaded(**story_batch)
     assert torch.equal(before.logits, after.logits)
     assert torch.equal(before.regressed, after.regressed)
+
+    merged = merge_lora(loaded)
+    assert not isinstance(merged.llm, PeftModel)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**story_batch).logits, before.logits, atol=1e-5, rtol=1e-4)
+    plain = merged.llm
+    assert merge_lora(merged).llm is plain  # an LLM without an adapter is left as it is
 
 
 @pytest.mark.parametrize("preset", ["tiny", "toy"])  # toy: velocity to pure noise, pooled and spatial conditions
