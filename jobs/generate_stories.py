@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import posixpath
 from dataclasses import asdict
 
 from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.generation.batch import (
-    SUMMARY_FILE, prepare_prompts, read_prompt_lines, summarize, write_storybooks,
+    SUMMARY_FILE, prepare_prompts, prompts_folder, read_prompt_lines, summarize, write_storybooks,
 )
 from seedstory.generation.pipeline import model_references, resolve_models
 from seedstory.storage import join, write_bytes
@@ -47,7 +46,7 @@ def main() -> None:
 
     sources = resolve_models(config, model_references(config, args.alias))
     lines = read_prompt_lines(args.prompts)
-    prompts, bad = prepare_prompts(lines, posixpath.dirname(args.prompts.rstrip("/")),
+    prompts, bad = prepare_prompts(lines, prompts_folder(args.prompts),
                                    args.segments or config.story.segments)
     print(f"{len(lines)} prompt lines: {len(prompts)} to write, {len(bad)} bad", flush=True)
 

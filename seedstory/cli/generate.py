@@ -25,6 +25,11 @@ def _opening(args: argparse.Namespace, config) -> tuple[str, Image.Image | None]
     return args.text, read_image(args.image) if args.image else None
 
 
+def _refused(err: Exception) -> int:
+    print(f"seedstory generate: error: {err}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     from seedstory.generation.pipeline import (
         StoryInputError, StoryModels, StoryPipeline, model_references, resolve_models,
@@ -38,10 +43,12 @@ def run(args: argparse.Namespace) -> int:
         text, image = _opening(args, config)
         sources = resolve_models(config, model_references(config, args.alias, args.mllm, args.detokenizer))
     except (StoryInputError, LookupError, ValueError, FileNotFoundError) as err:
-        print(f"seedstory generate: error: {err}", file=sys.stderr)
-        return 2
+        return _refused(err)
     pipeline = StoryPipeline(StoryModels.load(sources), config)
-    story = pipeline.write(text, image, segments=args.segments, seed=args.seed)
+    try:  # the opening's length in tokens and the seed are checked once the tokenizer is loaded
+        story = pipeline.write(text, image, segments=args.segments, seed=args.seed)
+    except StoryInputError as err:
+        return _refused(err)
     print(f"opening: {story.opening}", flush=True)
     for segment in story:
         print(f"[{segment.index}] {segment.text}", flush=True)

@@ -6,6 +6,8 @@ from pydantic import Field, model_validator
 
 from seedstory.config.base import Section
 
+SEED_LIMIT = 2**32  # story seeds are below it, so each picture's painting seed fits torch's 64-bit generator
+
 
 class AttentionSinkConfig(Section):
     """The KV cache of the story loop (the multimodal attention sink and its alternatives).
@@ -52,7 +54,7 @@ class StoryConfig(Section):
     sampling: Literal["greedy", "sample"] = "greedy"
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     context: Literal["cache", "recompute-window"] = "cache"
     recompute_segments: int = Field(10, ge=1)
     cache: AttentionSinkConfig = Field(default_factory=AttentionSinkConfig)

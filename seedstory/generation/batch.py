@@ -10,6 +10,7 @@ skipped; anything else is a broken pipeline and fails the job.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ import numpy as np
 import ray
 
 from seedstory.config import SeedStoryConfig
+from seedstory.config.generation import SEED_LIMIT
 from seedstory.generation.pipeline import StoryInputError, StoryModels, StoryPipeline, read_image
 from seedstory.generation.storybook import save_storybook
 from seedstory.storage import is_remote, join, read_bytes
@@ -65,8 +67,8 @@ def parse_prompt(raw: str, line: int, base: str, default_segments: int) -> Promp
     if not isinstance(segments, int) or isinstance(segments, bool) or segments < 1:
         raise StoryInputError(f"segments: must be an integer >= 1, got {segments!r}")
     seed = item.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise StoryInputError(f"seed: must be an integer, got {seed!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT):
+        raise StoryInputError(f"seed: must be an integer in [0, {SEED_LIMIT}), got {seed!r}")
     story_id = str(item.get("id", f"line-{line:06d}"))
     if not SAFE_ID.match(story_id):
         raise StoryInputError(f"id: {story_id!r} is not a folder name (letters, digits, '.', '_', '-')")
@@ -76,6 +78,14 @@ def parse_prompt(raw: str, line: int, base: str, default_segments: int) -> Promp
     if image and not is_remote(image) and not posixpath.isabs(image):
         image = join(base, image)
     return Prompt(line, story_id, text, image or None, segments, seed)
+
+
+def prompts_folder(uri: str) -> str:
+    """The folder a prompts file's relative images are read from; a local one made absolute on the driver,
+    so that every actor reads the same folder whatever its working directory."""
+    if is_remote(uri):
+        return posixpath.dirname(uri.rstrip("/"))
+    return os.path.dirname(os.path.abspath(uri))
 
 
 def prepare_prompts(lines: list[dict[str, Any]], base: str, default_segments: int

@@ -25,7 +25,7 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from seedstory.config import SeedStoryConfig
-from seedstory.config.generation import StoryConfig
+from seedstory.config.generation import SEED_LIMIT, StoryConfig
 from seedstory.config.model import SchedulerConfig
 from seedstory.data.badrecords import BadRecordError
 from seedstory.data.images import decode_image
@@ -247,6 +247,8 @@ class StoryWriter:
         """``story`` with this request's segment count and seed (the config's when not given)."""
         if segments is not None and segments < 1:
             raise StoryInputError(f"segments: must be at least 1, got {segments}")
+        if seed is not None and not 0 <= seed < SEED_LIMIT:
+            raise StoryInputError(f"seed: must be in [0, {SEED_LIMIT}), got {seed}")
         return self.config.story.model_copy(update={
             "segments": segments or self.config.story.segments,
             "seed": self.config.story.seed if seed is None else seed})

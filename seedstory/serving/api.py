@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from seedstory.config.generation import SEED_LIMIT
 from seedstory.config.serve import ServeConfig
 from seedstory.data.badrecords import BadRecordError
 from seedstory.data.images import decode_image
@@ -46,7 +47,7 @@ class _StoryBody(BaseModel):
     text: StrictStr
     image: StrictStr | None = None
     segments: StrictInt
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(None, ge=0, lt=SEED_LIMIT)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,8 @@ def test_generate_from_a_dataset_story(story_models, tmp_path):
     (["--text", "Tom waits.", "--image", "{tmp}/missing.png"], "image: cannot read {tmp}/missing.png"),
     (["--text", "Tom waits.", "--image", "{tmp}/not-an-image.png"], "image: {tmp}/not-an-image.png: cannot decode"),
     (["--text", "Tom waits.", "--alias", "nonesuch"], "@nonesuch: no such registered model version"),
+    (["--text", "Tom waits.", "--seed", "4294967296"], "seed: must be in [0, 4294967296), got 4294967296"),
+    (["--text", "Tom waits. " * 300], "more than half the model's context"),
 ])
 def test_bad_input_exits_non_zero_naming_it(story_models, tmp_path, capsys, arguments, problem):
     (tmp_path / "not-an-image.png").write_text("hello")

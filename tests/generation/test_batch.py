@@ -14,7 +14,7 @@ from seedstory import storage
 from seedstory.data.images import encode_image
 from seedstory.data.toyworld.generate import toy_story
 from seedstory.data.toyworld.render import render_frame
-from seedstory.generation.batch import prepare_prompts
+from seedstory.generation.batch import prepare_prompts, prompts_folder
 from tests.conftest import REPO_ROOT
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -32,10 +32,20 @@ def test_prompts_are_parsed_with_defaults_and_relative_images():
     assert (prompts[1].id, prompts[1].image, prompts[1].segments, prompts[1].seed) == ("line-000002", None, 3, 7)
 
 
+def test_relative_images_are_read_from_the_prompts_files_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert prompts_folder("prompts.jsonl") == str(tmp_path)
+    assert prompts_folder("in/prompts.jsonl") == str(tmp_path / "in")
+    assert prompts_folder("s3://b/in/prompts.jsonl") == "s3://b/in"
+    prompts, _ = prepare_prompts(_lines('{"text": "Tom waits.", "image": "a.png"}'), prompts_folder("prompts.jsonl"), 1)
+    assert prompts[0].image == f"{tmp_path}/a.png"
+
+
 def test_every_bad_prompt_is_named_with_its_line():
     prompts, bad = prepare_prompts(_lines(
         '{"text": "ok", "id": "a"}', "{not json", '{"image": "x.png"}', '{"text": "x", "segments": 0}',
         '{"text": "x", "id": "a"}', '{"text": "x", "id": "../up"}', '{"text": "x", "colour": 1}', '["x"]',
+        '{"text": "x", "seed": 4294967296}',
     ), "/p", 2)
     assert [p.id for p in prompts] == ["a"]
     details = {entry["line"]: entry["detail"] for entry in bad}
@@ -43,6 +53,7 @@ def test_every_bad_prompt_is_named_with_its_line():
     assert details[4].startswith("segments: must be an integer >= 1")
     assert details[5] == "id: 'a' is already used by line 1" and details[6].startswith("id: '../up'")
     assert details[7] == "unknown field(s) colour" and details[8].startswith("a prompt is a JSON object")
+    assert details[9] == "seed: must be an integer in [0, 4294967296), got 4294967296"
 
 
 @pytest.mark.stack

@@ -44,6 +44,8 @@ def test_a_good_request_with_a_data_url_or_bare_base64_image():
     (body(segments=9), 422, "segments"),
     (body(segments="3"), 422, "segments"),
     (body(seed=1.5), 422, "seed"),
+    (body(seed=-1), 422, "seed"),
+    (body(seed=2**32), 422, "seed"),
     (body(colour="red"), 422, "colour"),
     (body(image="%%%not base64%%%"), 422, "image"),
     (body(image=base64.b64encode(b"GIF89a not really").decode()), 422, "image"),
