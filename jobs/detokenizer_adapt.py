@@ -34,11 +34,10 @@ from seedstory.data.streams import stage_stream
 from seedstory.data.stage_collate import WindowCollate, target_images
 from seedstory.models import freezing
 from seedstory.models.detokenizer import build_vae, encode_frames
-from seedstory.models.export import export_detokenizer, export_model_config, load_mllm
+from seedstory.models.export import export_detokenizer, export_model_config, load_mllm, load_mllm_vit
 from seedstory.models.lora import merge_lora
 from seedstory.models.mllm import SeedStoryMLLM
 from seedstory.models.partitioned import load_trained_detokenizer
-from seedstory.models.vit import build_vit
 from seedstory.models.weights import load_tokenizer
 from seedstory.tokenizer import image_token_ids
 from seedstory.training.denoising import Denoising
@@ -67,7 +66,6 @@ class WindowConditioning(nn.Module):
 class DetokenizerAdapt(StageRecipe):
     STAGE = "detokenizer_adapt"
     SOURCES = ("mllm", "detokenizer")
-    WEIGHTS = ("vit",)
 
     @classmethod
     def tokenizer(cls, config: SeedStoryConfig, sources: dict[str, str]) -> PreTrainedTokenizerBase:
@@ -79,7 +77,7 @@ class DetokenizerAdapt(StageRecipe):
         self.text_tokenizer = self.tokenizer(config, sources)
 
     def frozen(self) -> nn.Module:
-        vit = build_vit(self.config.model)
+        vit = load_mllm_vit(self.sources["mllm"])  # the features the MLLM was trained on, whatever the config says
         mllm, _ = load_mllm(self.sources["mllm"])
         merge_lora(mllm)  # frozen here: the adapter folded in, as stories run it, and no LoRA pass per projection
         detokenizer_config = export_model_config(self.sources["detokenizer"], "detokenizer")

@@ -34,10 +34,10 @@ from seedstory.generation.story import Outcome, SegmentStats, Story, StoryGenera
 from seedstory.generation.story_engine import StoryEngine
 from seedstory.generation.storybook import Storybook
 from seedstory.models.detokenizer import Detokenizer
-from seedstory.models.export import export_model_config, load_detokenizer, load_mllm
+from seedstory.models.export import load_detokenizer, load_mllm, load_mllm_vit
 from seedstory.models.lora import merge_lora
 from seedstory.models.mllm import SeedStoryMLLM
-from seedstory.models.vit import VisionTransformer, build_vit
+from seedstory.models.vit import VisionTransformer
 from seedstory.models.weights import WeightsError
 from seedstory.storage import read_bytes
 from seedstory.tokenizer import INST
@@ -85,10 +85,7 @@ def load_writer(uri: str) -> tuple[SeedStoryMLLM, PreTrainedTokenizerBase, Visio
     if tokenizer is None:
         raise WeightsError(f"{uri}: the MLLM export holds no tokenizer/, so its text cannot be read")
     merge_lora(mllm)
-    vit_config = export_model_config(uri, "mllm")
-    if vit_config.vit.weights is None:
-        raise WeightsError(f"{uri}: the export names no ViT weights (model.vit.weights is null)")
-    return mllm.eval(), tokenizer, build_vit(vit_config)
+    return mllm.eval(), tokenizer, load_mllm_vit(uri)
 
 
 @dataclass

@@ -38,7 +38,7 @@ from seedstory.models.detokenizer import ConditionAdapter, Detokenizer, build_va
 from seedstory.models.mllm import (
     SeedStoryMLLM, TokenLayout, build_input_resampler, build_llm, build_output_resampler, llama_config,
 )
-from seedstory.models.vit import VisionTransformer
+from seedstory.models.vit import VisionTransformer, build_vit
 from seedstory.models.weights import (
     QWEN_VISUAL_PREFIX, WeightsError, check_tensors, load_diffusers_weights, load_llm_weights, load_module_tensors,
     local_copy, read_tensors,
@@ -184,6 +184,15 @@ def load_mllm(uri: str, is_trainable: bool = False) -> tuple[SeedStoryMLLM, PreT
     mllm = SeedStoryMLLM(llm, input_resampler, output_resampler, layout=layout, loss_weights=config.loss)
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer") if (folder / "tokenizer").is_dir() else None
     return mllm, tokenizer
+
+
+def load_mllm_vit(uri: str) -> VisionTransformer:
+    """The ViT an ``export_mllm`` folder was trained with: the MLLM reads and regresses its features, so
+    whatever runs the MLLM (stories, stage 3) uses this one, not the one a config names today."""
+    config = export_model_config(uri, "mllm")
+    if config.vit.weights is None:
+        raise WeightsError(f"{uri}: the export names no ViT weights (model.vit.weights is null)")
+    return build_vit(config)
 
 
 def export_detokenizer(detokenizer: Detokenizer, uri: str) -> None:

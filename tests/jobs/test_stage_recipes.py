@@ -23,7 +23,7 @@ from seedstory.data.samples import WindowSampler, stage1_samples
 from seedstory.data.toyworld.generate import toy_story
 from seedstory.data.toyworld.render import render_frame
 from seedstory.data.stage_collate import target_images
-from seedstory.models.export import load_detokenizer, load_mllm
+from seedstory.models.export import load_detokenizer, load_mllm, load_mllm_vit
 from seedstory.training.base_recipes import ClipPretrain, LLMPretrain, VAEPretrain
 from seedstory.training.recipe import feed
 
@@ -203,6 +203,14 @@ def test_stage3_conditions_on_the_stage2_mllm_with_its_lora_merged_as_stories_ru
             base = unmerged(**arguments).regressed
     torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-4)
     assert (base - adapted).abs().max() > 1e-2  # the adapter matters to the features
+
+
+def test_stage3_reads_frames_with_the_vit_the_mllm_was_trained_with(config, stage3_sources):
+    elsewhere = config.model_copy(deep=True)
+    elsewhere.model.vit.weights = "/nowhere/vit"  # today's config may name another ViT, or none on this machine
+    vit = DetokenizerAdapt(elsewhere, stage3_sources).frozen().vit
+    expected = load_mllm_vit(stage3_sources["mllm"]).state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in vit.state_dict().items())
 
 
 def _checkpointed_block(model: torch.nn.Module) -> torch.nn.Module:
