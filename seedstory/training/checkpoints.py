@@ -1,15 +1,18 @@
 """DeepSpeed checkpoints through Ray Train: every rank writes its shards, Ray merges and stores them.
 
-The loop's own position (the step, and where every rank's training stream goes on) rides in
-DeepSpeed's ``client_state``, so model, optimizer, scheduler and data position come back together.
+The loop's own position (the step, where every rank's training stream goes on, and every rank's
+random state) rides in DeepSpeed's ``client_state``, so model, optimizer, scheduler, data position
+and the draws still to come (diffusion noise and timesteps, condition dropout) come back together.
 """
 
 from __future__ import annotations
 
 import tempfile
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import ray.train
+import torch
 from deepspeed import DeepSpeedEngine
 
 TAG = "deepspeed"
@@ -20,14 +23,35 @@ class TrainState:
     step: int = 0
     positions: list[dict[str, int]] = field(default_factory=list)
     """Per rank, the position its stream continues from (``seedstory.data.streams.TrainStream``)."""
+    random_states: list[dict[str, Any]] = field(default_factory=list)
+    """Per rank, torch's random state after the step (``random_state``)."""
 
     def position(self, rank: int, world: int) -> dict[str, int]:
         if not self.positions:
             return {}
+        self._check_world(world)
+        return self.positions[rank]
+
+    def restore_random_state(self, rank: int, world: int, device: torch.device) -> None:
+        """Go on drawing where rank ``rank`` of the checkpointed run stopped (a fresh run keeps its seed)."""
+        if not self.random_states:
+            return
+        self._check_world(world)
+        saved = self.random_states[rank]
+        torch.set_rng_state(saved["cpu"])
+        if saved.get("accelerator") is not None:
+            torch.get_device_module(device).set_rng_state(saved["accelerator"], device)
+
+    def _check_world(self, world: int) -> None:
         if len(self.positions) != world:
             raise RuntimeError(f"the checkpoint was written by {len(self.positions)} workers: resuming with {world} "
                                f"would not continue their streams; set num_workers back to {len(self.positions)}")
-        return self.positions[rank]
+
+
+def random_state(device: torch.device) -> dict[str, Any]:
+    """This process's torch random state: the CPU generator, and the accelerator's when training on one."""
+    accelerator = torch.get_device_module(device).get_rng_state(device) if device.type != "cpu" else None
+    return {"cpu": torch.get_rng_state(), "accelerator": accelerator}
 
 
 def save(engine: DeepSpeedEngine, state: TrainState, metrics: dict[str, float]) -> None:

@@ -175,6 +175,7 @@ def train_worker(loop_config: dict[str, LoopSpec]) -> None:
     state = checkpoints.TrainState()
     if (latest := ray.train.get_checkpoint()) is not None:
         state = checkpoints.restore(engine, latest)
+        state.restore_random_state(rank, world, device)
         if rank == 0:
             print(f"resumed from {latest.path} at step {state.step}", flush=True)
 
@@ -219,8 +220,9 @@ def train_worker(loop_config: dict[str, LoopSpec]) -> None:
             # a fresh interval: evaluation time is neither waiting for data nor training
             clock = StepClock(total_steps=stage.max_steps, start_step=clock.start_step, started=clock.started)
         if state.step % stage.checkpoint_every == 0 or state.step == last_step:
-            state.positions = [None] * world
+            state.positions, state.random_states = [None] * world, [None] * world
             dist.all_gather_object(state.positions, position)
+            dist.all_gather_object(state.random_states, checkpoints.random_state(device))
             checkpoints.save(engine, state, metrics)
             if metrics_sink is not None:
                 metrics_sink.flush()

@@ -84,8 +84,9 @@ class RegressionRecipe(StageRecipe):
 
 
 class FrameRegressor(nn.Module):
-    """Predicts a stage-1 sample's mean SD pixel from its ViT pixels' channel means; with ``sample_log``,
-    each rank appends the stream position and frame of every sample it trains on to ``<sample_log>.<rank>``."""
+    """Predicts a stage-1 sample's mean SD pixel from its ViT pixels' channel means, from inputs noised by
+    torch's generator as a diffusion step's are; with ``sample_log``, each rank appends the stream
+    position and frame of every sample it trains on to ``<sample_log>.<rank>``."""
 
     def __init__(self, sample_log: str | None) -> None:
         super().__init__()
@@ -97,7 +98,8 @@ class FrameRegressor(nn.Module):
             rank = ray.train.get_context().get_world_rank()
             with open(f"{self.sample_log}.{rank}", "a") as log:
                 log.writelines(json.dumps(row) + "\n" for row in batch["sample"].tolist())
-        prediction = self.body(batch["vit_pixels"].mean(dim=(2, 3))).squeeze(-1)
+        means = batch["vit_pixels"].mean(dim=(2, 3))
+        prediction = self.body(means + torch.randn_like(means)).squeeze(-1)
         mse = torch.mean((prediction.float() - batch["sd_pixels"].float().mean(dim=(1, 2, 3))) ** 2)
         return {"loss": mse, "mse": mse}
 

@@ -116,7 +116,8 @@ def _samples(log: Path) -> dict[int, list]:
 
 def test_a_run_resumed_mid_pass_trains_on_exactly_the_samples_the_whole_run_did(ray_cluster, tmp_path):
     """Stopped after step 5 of 10 (mid-pass, mid-group) and resubmitted under the same name: steps 6-10 read
-    the same samples in the same order on each rank as an uninterrupted run, and their losses match."""
+    the same samples in the same order on each rank as an uninterrupted run, and their losses, which the
+    noise each step draws enters, match."""
     config = _frame_world(ray_cluster.bucket, max_steps=10, checkpoint_every=10)
     whole = _mlflow_run("frames-whole")
     _fit_frames(config, f"frames-whole-{uuid.uuid4().hex[:6]}", tmp_path / "whole", whole)
