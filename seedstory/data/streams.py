@@ -2,8 +2,8 @@
 
 Every worker builds its own Ray Data execution, starting where its last checkpoint says its stream
 goes on (``TrainStream.batches``), so a resumed run reads exactly the samples the uninterrupted run
-would have read next: nothing that was consumed is fetched or decoded again, and the samples are
-the same ones in the same order. (A stream split across workers by Ray Train is dealt to them as
+would have read next, the same ones in the same order; of what was consumed, only the group the
+checkpoint fell in is fetched and decoded again, the samples read before it skipped. (A stream split across workers by Ray Train is dealt to them as
 blocks finish, so which worker gets which sample changes from run to run, and Ray Data cannot
 start an execution mid-stream.)
 
@@ -17,7 +17,8 @@ contents at a checkpoint are not a position a stream can restart from. A worker'
 chain of executions of ``groups`` groups each (``groups_per_execution``), one after another, each
 small enough to be decoded ahead of training into the object store, the next one started halfway
 through the current one (a run that ends in the first half of an execution starts no other); an
-execution's last partial micro-batch is dropped.
+execution's last partial micro-batch is dropped, and a resumed run's executions end where the
+uninterrupted run's did.
 
 ``EpochStream`` (the tiny bases, whose data fits in the object store): the materialised dataset
 split equally, re-read every pass through a local shuffle buffer seeded by (seed, pass, rank);
@@ -86,26 +87,35 @@ class StoryStream(TrainStream):
         order = np.random.default_rng([self.config.data.seed, pass_index]).permutation(len(self.stories))
         return order[rank::world].tolist()
 
+    def groups_of_pass(self, rank: int, world: int, pass_index: int) -> list[Group]:
+        dealt = groups_of(self.dealt(rank, world, pass_index), pass_index, self.config.data.preprocess_batch_size)
+        if not dealt:
+            raise RuntimeError(f"rank {rank} is dealt no story of {self.stories.describe()} "
+                               f"({len(self.stories)} stories for {world} workers)")
+        return dealt
+
     def schedule(self, rank: int, world: int, start: Position) -> list[Group]:
-        """Rank ``rank``'s next ``groups`` groups from ``start`` on, across passes (the first one without
-        the samples before ``start``)."""
+        """Rank ``rank``'s groups from ``start`` to the end of the execution it falls in, across passes (the
+        first one without the samples before ``start``).
+
+        Executions are every ``groups`` groups of the rank's stream counted from its beginning, wherever a
+        run starts: each drops its last partial micro-batch, so a resumed run reads what the uninterrupted
+        one read only if its executions end where that run's did."""
         first, group, index = start.get("pass", 0), start.get("group", 0), start.get("index", 0)
+        ordinal = sum(len(self.groups_of_pass(rank, world, p)) for p in range(first)) + group
+        wanted = self.groups - ordinal % self.groups
         scheduled: list[Group] = []
         pass_index = first
-        while len(scheduled) < self.groups:
-            dealt = groups_of(self.dealt(rank, world, pass_index), pass_index, self.config.data.preprocess_batch_size)
-            if not dealt:
-                raise RuntimeError(f"rank {rank} is dealt no story of {self.stories.describe()} "
-                                   f"({len(self.stories)} stories for {world} workers)")
-            scheduled += [g for g in dealt if pass_index > first or g.group >= group]
+        while len(scheduled) < wanted:
+            scheduled += [g for g in self.groups_of_pass(rank, world, pass_index) if pass_index > first or g.group >= group]
             pass_index += 1
-        scheduled = scheduled[:self.groups]
+        scheduled = scheduled[:wanted]
         if (scheduled[0].pass_index, scheduled[0].group) == (first, group):
             scheduled[0] = replace(scheduled[0], skip=index)
         return scheduled
 
     def dataset(self, rank: int, world: int, start: Position) -> ray.data.Dataset:
-        """One execution: the samples of rank ``rank``'s next ``groups`` groups from ``start`` on."""
+        """One execution: the samples of rank ``rank``'s groups from ``start`` to the end of its execution."""
         return self._samples(self.schedule(rank, world, start), world)
 
     def batches(self, rank: int, world: int, batch_size: int, collate: NumpyBatchCollateFn,

@@ -182,7 +182,7 @@ def test_a_stream_started_mid_group_reads_exactly_the_rest_and_fetches_nothing_b
     fresh, report = stage_stream("story_instruct", config, tokenizer)
     start = {"pass": pass_index, "group": group, "index": index}
     rest = [tuple(row[c] for c in columns)
-            for row in replace(fresh, groups=one_pass - group).dataset(1, 2, start).take_all()]
+            for row in replace(fresh, groups=one_pass).dataset(1, 2, start).take_all()]
     assert rest == whole[cut:]
     stories = [g.stories for g in groups_of(stream.dealt(1, 2, 0), 0, config.data.preprocess_batch_size)]
     assert report.metrics()["data/stories"] == sum(len(s) for s in stories[group:]) < len(stream.dealt(1, 2, 0))
@@ -194,6 +194,26 @@ def test_a_stream_resumed_after_its_last_full_batch_goes_on_with_the_next_pass(t
     last = len(groups_of(stream.dealt(0, 2, 0), 0, config.data.preprocess_batch_size)) - 1
     batch, position = next(stream.batches(0, 2, 4, FrameIds(), {"pass": 0, "group": last, "index": 10_000}))
     assert position["pass"] == 1 and {p for _, _, p in zip(*(batch[n].tolist() for n in FrameIds.ids))} == {1}
+
+
+def test_a_resumed_stream_ends_its_executions_where_the_uninterrupted_one_did(toy, ray_cluster):
+    """Each execution drops its last partial micro-batch: a run resumed anywhere must keep the boundaries."""
+    config = toy[0]
+    stream, _ = stage_stream("detokenizer_pretrain", config)
+    stream = replace(stream, groups=3)
+    per_pass = len(stream.groups_of_pass(0, 2, 0))
+    executions, position = [], {}
+    while sum(map(len, executions)) < 3 * per_pass:
+        scheduled = stream.schedule(0, 2, position)
+        assert len(scheduled) == 3
+        executions.append([(g.pass_index, g.group) for g in scheduled])
+        position = {"pass": scheduled[-1].pass_index, "group": scheduled[-1].group + 1}
+    assert len({p for execution in executions for p, _ in execution}) >= 3, "the walk crosses passes"
+    for execution in executions:
+        for at, (pass_index, group) in enumerate(execution):
+            resumed = stream.schedule(0, 2, {"pass": pass_index, "group": group, "index": 1})
+            assert [(g.pass_index, g.group) for g in resumed] == execution[at:], (pass_index, group)
+            assert resumed[0].skip == 1
 
 
 @dataclass
