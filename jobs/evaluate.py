@@ -82,7 +82,8 @@ def main() -> None:
         result = {"models": {name: asdict(s) for name, s in sources.items()},
                   "images": story_metrics.image_text_metrics(generated, extractor, pair, settings)}
         if settings.toy_judge:
-            result["toy"] = story_metrics.toy_judge_metrics(generated, Judge(config.data.toy.image_size))
+            result["toy"] = story_metrics.toy_judge_metrics(generated, Judge(config.data.toy.image_size),
+                                                          settings.segments)
         if client:
             judged[alias] = [JudgedStory(g.held_out.captions[0], g.held_out.frames[0], g.texts, g.images)
                              for g in generated[:settings.judge.stories]]

@@ -102,11 +102,11 @@ def main() -> None:
                     for story in stories]
             runs_of[name] = runs
             curves[name] = toy_world.per_segment(runs, args.long_segments)
-            long_overall[name] = toy_world.overall(runs)
+            long_overall[name] = toy_world.overall(runs, args.long_segments)
             print(f"{name}: {long_overall[name]} in {time.perf_counter() - began:.0f} s", flush=True)
         short = [{score: run[score][:args.segments] for score in ("validity", "coherence", "consistency", "characters")}
                  for run in runs_of[default_name]]
-        figures.update({f"free_{score}": value for score, value in toy_world.overall(short).items()})
+        figures.update({f"free_{score}": value for score, value in toy_world.overall(short, args.segments).items()})
         cast = {
             "written": toy_world.cast_sizes([n for run in short for n in run["characters"]],
                                             [v for run in short for v in run["validity"]]),
@@ -161,8 +161,9 @@ def main() -> None:
         print(f"attention variants not compared: --long-segments {args.long_segments} does not pass the training "
               f"length ({window_frames} frames)")
     else:
+        reached = f"{beyond[default_name]:.3f}" if default_name in beyond else "no story got past the training length"
         print(f"best attention past the training length: {best} ({beyond[best]:.3f}); configured default: "
-              f"{default_name} ({beyond[default_name]:.3f})")
+              f"{default_name} ({reached})")
         if leader is None:
             print(f"no variant leads {default_name} by more than {toy_world.CLEAR_LEAD_STANDARD_ERRORS:g} standard errors")
         else:

@@ -64,12 +64,12 @@ def image_text_metrics(stories: Sequence[GeneratedStory], extractor: ImageExtrac
             "clip": pair.identity(), "pictures": {"generated": len(generated), "reference": len(reference)}}
 
 
-def toy_judge_metrics(stories: Sequence[GeneratedStory], judge: Judge) -> dict:
-    """The toy world's exact scores of every segment (a story that ended early scores 0 for the rest)."""
+def toy_judge_metrics(stories: Sequence[GeneratedStory], judge: Judge, segments: int) -> dict:
+    """The toy world's exact scores of the ``segments`` asked of each story (one that ended early scores 0
+    for the rest)."""
     runs = [toy_world.story_scores(judge, s.held_out.captions[0], s.held_out.frames[0], s.texts, s.images)
             for s in stories]
-    segments = max((len(s.texts) for s in stories), default=0)
-    return {"overall": toy_world.overall(runs), "per_segment": toy_world.per_segment(runs, segments)}
+    return {"overall": toy_world.overall(runs, segments), "per_segment": toy_world.per_segment(runs, segments)}
 
 
 def plot_per_segment(curves: dict[str, dict[str, list[float | None]]], training_frames: int) -> bytes:
@@ -85,7 +85,7 @@ def plot_per_segment(curves: dict[str, dict[str, list[float | None]]], training_
             values = metrics.get(name, [])
             index = [i for i, v in enumerate(values) if v is not None]
             axis.plot(index, [values[i] for i in index], label=label, marker=".")
-        axis.axvline(training_frames - 1.5, color="grey", linestyle=":")
+        axis.axvline(toy_world.first_segment_past(training_frames) - 0.5, color="grey", linestyle=":")
         axis.set(xlabel="segment", title=name)
     axes.flat[0].legend(fontsize=8)
     return figures.png(figure, dpi=100)

@@ -161,11 +161,20 @@ def per_segment(runs: list[dict[str, list[float]]], segments: int) -> dict[str, 
     return out
 
 
-def overall(runs: list[dict[str, list[float]]]) -> dict[str, float]:
-    """Every segment of every story counts once; a story that ended early scores its missing segments 0."""
-    segments = max(len(run["validity"]) for run in runs) if runs else 0
+def overall(runs: list[dict[str, list[float]]], segments: int) -> dict[str, float]:
+    """Every one of the ``segments`` asked of every story counts once; a story that ended early scores its
+    missing segments 0."""
+    if any(len(run["validity"]) > segments for run in runs):
+        raise ValueError(f"a run has more than the {segments} segments asked for")
     return {name: float(np.mean([(run[name] + [0.0] * (segments - len(run[name]))) for run in runs]))
             for name in ("validity", "coherence", "consistency")}
+
+
+def first_segment_past(training_frames: int) -> int:
+    """Segment ``i`` is frame ``i + 1`` (frame 0 is the opening), so a training window of ``training_frames``
+    frames ends at segment ``training_frames - 2``; the next segment is the first written from more context
+    than training ever gave."""
+    return training_frames - 1
 
 
 def beyond_training_length(curves: dict[str, dict[str, list[float | None]]], training_frames: int) -> dict[str, float]:
@@ -173,7 +182,8 @@ def beyond_training_length(curves: dict[str, dict[str, list[float | None]]], tra
     at or before it (then there is nothing to choose a default by)."""
     beyond = {}
     for name, scores in curves.items():
-        values = [v for score in scores.values() for v in score[training_frames:] if v is not None]
+        values = [v for score in scores.values() for v in score[first_segment_past(training_frames):]
+                  if v is not None]
         if values:
             beyond[name] = float(np.mean(values))
     return beyond
@@ -193,12 +203,13 @@ def leads_over(curves: dict[str, dict[str, list[float | None]]], default: str,
 
     if default not in curves:
         return {}
-    reference = segment_means(curves[default])[training_frames:]
+    first = first_segment_past(training_frames)
+    reference = segment_means(curves[default])[first:]
     leads = {}
     for name, scores in curves.items():
         if name == default:
             continue
-        pairs = [(a, b) for a, b in zip(segment_means(scores)[training_frames:], reference)
+        pairs = [(a, b) for a, b in zip(segment_means(scores)[first:], reference)
                  if a is not None and b is not None]
         if len(pairs) >= 2:
             differences = np.array([a - b for a, b in pairs])
@@ -224,7 +235,7 @@ def plot_per_segment(curves: dict[str, dict[str, list[float | None]]], training_
         for variant, scores in curves.items():
             index = [i for i, v in enumerate(scores[name]) if v is not None]
             axis.plot(index, [scores[name][i] for i in index], label=variant, marker=".")
-        axis.axvline(training_frames - 1.5, color="grey", linestyle=":", label="training length")
+        axis.axvline(first_segment_past(training_frames) - 0.5, color="grey", linestyle=":", label="training length")
         axis.set(xlabel="segment", title=f"caption {name}" if name == "validity" else f"image {name}", ylim=(0, 1.02))
     axes[0].set_ylabel("mean over test stories")
     axes[0].legend(fontsize=8)

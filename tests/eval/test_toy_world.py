@@ -71,9 +71,10 @@ def test_per_segment_means_count_the_stories_that_reached_each_segment():
 def test_variants_are_compared_only_past_the_training_length():
     curves = {"dense": {"validity": [1.0, 1.0, 0.0, None], "coherence": [1.0, 1.0, 0.5, None]},
               "mm-sink/absolute": {"validity": [0.0, 0.0, 1.0, 1.0], "coherence": [0.0, 0.0, 1.0, 0.5]}}
-    assert beyond_training_length(curves, 2) == {"dense": 0.25, "mm-sink/absolute": 0.875}
-    assert beyond_training_length(curves, 3) == {"mm-sink/absolute": 0.75}  # dense stopped at segment 3
-    assert beyond_training_length(curves, 4) == {}
+    # Windows of 3 frames train segments 0 and 1 (frames 1 and 2 after the opening): segment 2 is past them.
+    assert beyond_training_length(curves, 3) == {"dense": 0.25, "mm-sink/absolute": 0.875}
+    assert beyond_training_length(curves, 4) == {"mm-sink/absolute": 0.75}  # dense stopped at segment 3
+    assert beyond_training_length(curves, 5) == {}
 
 
 def test_a_clear_leader_leads_the_default_by_more_than_two_standard_errors():
@@ -84,20 +85,23 @@ def test_a_clear_leader_leads_the_default_by_more_than_two_standard_errors():
               "steady": curve([0.0, 0.6, 0.62, 0.61, 0.6]),  # +0.1 past the first segment, little spread
               "noisy": curve([0.0, 0.8, 0.3, 0.8, 0.3]),  # +0.05 on average, standard error 0.144
               "stopped": curve([1.0, 1.0, None, None, None])}
-    leads = leads_over(curves, "window", 1)
+    leads = leads_over(curves, "window", 2)
     assert set(leads) == {"steady", "noisy"}  # no variant is compared with itself or on one segment
     assert leads["steady"]["difference"] == pytest.approx(0.1075)
     assert leads["noisy"] == pytest.approx({"difference": 0.05, "standard_error": 0.5 / np.sqrt(3) / 2})
     assert clear_leader(leads) == "steady"
     del leads["steady"]
     assert clear_leader(leads) is None  # noisy leads, but by a third of a standard error
-    assert leads_over(curves, "dense", 1) == {}
+    assert leads_over(curves, "dense", 2) == {}
 
 
 def test_overall_scores_a_story_that_ended_early_zero_for_what_it_missed():
     runs = [{"validity": [1.0, 1.0], "coherence": [1.0, 1.0], "consistency": [1.0, 1.0]},
             {"validity": [1.0], "coherence": [1.0], "consistency": [1.0]}]
-    assert overall(runs) == {"validity": 0.75, "coherence": 0.75, "consistency": 0.75}
+    assert overall(runs, 2) == {"validity": 0.75, "coherence": 0.75, "consistency": 0.75}
+    assert overall(runs, 4) == {"validity": 0.375, "coherence": 0.375, "consistency": 0.375}  # all ended early
+    with pytest.raises(ValueError, match="more than the 1 segments"):
+        overall(runs, 1)
 
 
 def test_a_caption_names_the_characters_on_stage():
