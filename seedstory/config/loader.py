@@ -103,11 +103,15 @@ def _nest(path: tuple[str, ...], value: Any) -> dict:
 
 
 def _source_of(loc: tuple, origin: dict[tuple, str]) -> str:
-    for size in range(len(loc), 0, -1):
+    """What set ``loc``: a key's file or override; for a section (a validator's error spans its keys), every
+    file and override that set a key in it."""
+    under = dict.fromkeys(source for path, source in origin.items() if path[: len(loc)] == loc)
+    if under:
+        return ", ".join(under)
+    for size in range(len(loc) - 1, 0, -1):  # set as part of a section a file or override gave whole
         if loc[:size] in origin:
             return origin[loc[:size]]
-    parents = [source for path, source in origin.items() if path[: len(loc)] == loc]
-    return parents[0] if parents else "defaults"
+    return "defaults"
 
 
 def load_config(source: str | Path = "tiny", overrides: Iterable[str] = ()) -> SeedStoryConfig:

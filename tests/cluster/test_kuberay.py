@@ -21,6 +21,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from seedstory.config import load_config
 from seedstory.config.serve import ROLE_LABEL
+from seedstory.data.toyworld.generate import split_of
 from seedstory.serving.app import deployment_options
 from tests.cluster.kuberay import (
     CONFIG_MOUNT, CRD_FILES, IMAGE_ROOT, KUSTOMIZATIONS, as_json_schema, cluster_specs, config_file,
@@ -124,6 +125,10 @@ def test_every_entrypoint_names_a_job_that_takes_its_arguments(kustomization, tm
         args = job_arguments(job.stem).parse_args(argv)
         assert args.config == CONFIG_MOUNT
         mounted = load_config(str(config_path), args.overrides)
+        if job.stem == "evaluate_toy":
+            toy = mounted.data.toy
+            held_out = sum(split_of(toy, index) == "test" for index in range(toy.stories))
+            assert args.stories <= held_out, f"{script} asks for {args.stories} test stories; the world deals {held_out}"
         if job.stem in STAGES:
             assert mounted.train.run_name == document["metadata"]["name"], "a retried stage must resume its own run"
             cluster = document["spec"]["rayClusterSpec"]

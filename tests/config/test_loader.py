@@ -96,6 +96,14 @@ def test_bad_override_names_the_override():
         load_config("tiny", ["no-equals-sign"])
 
 
+def test_a_sections_own_check_names_every_source_of_its_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", ["story.temperature=0.5"])
+    line = str(err.value).splitlines()[1]
+    assert "override 'story.temperature=0.5'" in line and "tiny.yaml" in line, line
+    assert "temperature/top_k only apply with sampling" in line
+
+
 def test_missing_file_and_unknown_preset(tmp_path):
     with pytest.raises(ConfigError, match="not found.*nope.yaml"):
         load_config(str(tmp_path / "nope.yaml"))
