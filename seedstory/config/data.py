@@ -45,7 +45,8 @@ class DataConfig(Section):
     image_root: str = "s3://seedstory/toyworld/images"
     prepared: str | None = Field(
         None, description="a dataset written by jobs/prepare_data.py (sharded Parquet, frames at the preset's "
-        "sizes): when set, the training stages read their splits from it instead of the JSONL files and image root",
+        "sizes): when set, the training stages read their samples from it instead of the JSONL files and image root "
+        "(the LLM base's texts and the validation captions still come from the JSONL files)",
     )
     window_frames: int = Field(10, ge=2, le=30)
     min_context_frames: int = Field(1, ge=0)

@@ -7,12 +7,9 @@ so a broken dataset never trains silently and a few bad lines never kill a long 
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-
-log = logging.getLogger(__name__)
 
 FIRST_BAD_KEPT = 20
 
@@ -53,7 +50,7 @@ def allowed_bad(total_stories: int, failure_budget: float) -> int:
 
 @dataclass
 class BadRecordLedger:
-    """Counts of good and bad stories; mergeable, so parallel scans can each keep their own."""
+    """Counts of good and bad stories, and the first bad records, against the failure budget."""
 
     total_stories: int
     failure_budget: float
@@ -83,13 +80,6 @@ class BadRecordLedger:
         if len(self.first_bad) < FIRST_BAD_KEPT:
             self.first_bad.append(record)
 
-    def merge(self, other: BadRecordLedger) -> None:
-        self.stories += other.stories
-        self.frames += other.frames
-        for kind, count in other.bad.items():
-            self.bad[kind] += count
-        self.first_bad = sorted([*self.first_bad, *other.first_bad], key=lambda r: (r.file, r.line))[:FIRST_BAD_KEPT]
-
     def check(self) -> None:
         """Raise :class:`FailureBudgetExceeded` naming the first bad records when over budget."""
         if self.over_budget:
@@ -116,6 +106,3 @@ class BadRecordLedger:
         line = (f"data: {self.stories} good stories ({self.frames} frames), {self.bad_total} bad skipped"
                 f"{' (' + kinds + ')' if kinds else ''}, budget {self.allowed} of {self.total_stories}")
         return line
-
-    def report(self) -> None:
-        log.warning(self.log_line()) if self.bad_total else log.info(self.log_line())

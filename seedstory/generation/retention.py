@@ -67,10 +67,6 @@ class RetentionPolicy:
     def image_count(self) -> int:
         return int(self._boi.size)
 
-    @property
-    def images(self) -> list[ImageSpan]:
-        return [ImageSpan(int(b), int(e)) for b, e in zip(self._boi, self._eoi)]
-
     def add_image(self, span: ImageSpan) -> None:
         if self._boi.size and span.boi <= self._eoi[-1]:
             raise ValueError(

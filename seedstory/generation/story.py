@@ -4,9 +4,9 @@ Per segment: sample text tokens (one forward each) until the model emits BOI; ru
 image-query embeddings as a *preview* forward (it attends to the cache but leaves it untouched)
 and regress the hidden states at the N query positions to ViT-shaped features; yield the segment;
 then commit BOI + ``embed_image(features)`` + EOI + the segment separator (``[INST]``) to the
-cache, so the next segment sees the image exactly as training shows a context image. The decoded
-image is never re-encoded, so decoding (the optional ``decoder`` callback, or the caller) is off
-the critical path.
+cache, so the next segment sees the image exactly as training shows a context image. The painted
+picture is never re-encoded, so painting (the caller's, from the yielded features) is off the
+critical path.
 
 ``context: recompute-window`` reproduces the public reference instead: every segment re-encodes
 BOS + the last K segments from scratch into a fresh dense cache, and the image-query tokens take one
@@ -22,7 +22,7 @@ A segment that reaches ``max_text_tokens`` without BOI either gets BOI forced
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -63,7 +63,6 @@ class Outcome(str, Enum):
 class SegmentStats:
     wall_s: float
     text_tokens: int
-    decode_steps: int
     decode_s: float
     context_s: float  # putting earlier segments into the cache: the last image block, or the whole window
     image_s: float  # the image-query forwards that produce the features
@@ -75,7 +74,7 @@ class SegmentStats:
     @property
     def token_latency_s(self) -> float:
         """Mean wall time of one single-token decode forward in this segment."""
-        return self.decode_s / self.decode_steps if self.decode_steps else float("nan")
+        return self.decode_s / self.text_tokens if self.text_tokens else float("nan")
 
 
 @dataclass
@@ -84,7 +83,6 @@ class Segment:
     text_ids: list[int]
     features: torch.Tensor
     stats: SegmentStats
-    image: Any = None
 
 
 @dataclass
@@ -140,14 +138,12 @@ class StoryGenerator:
     the iterator ``generate`` returns, so stories can be advanced interleaved in one process."""
 
     def __init__(self, model: StoryModel, story: StoryConfig, cache: AttentionSinkConfig, *,
-                 eos_id: int, separator_ids: Sequence[int] = (),
-                 decoder: Callable[[torch.Tensor], Any] | None = None) -> None:
+                 eos_id: int, separator_ids: Sequence[int] = ()) -> None:
         self.model = model
         self.config = story
         self.cache_config = cache
         self.eos_id = eos_id
         self.separator_ids = list(separator_ids)
-        self.decoder = decoder
 
     def generate(self, start: StoryStart) -> Story:
         story = Story(segments=iter(()))
@@ -179,14 +175,14 @@ class StoryGenerator:
         return logits
 
     def _text(self, cache: SinkCache, logits: torch.Tensor, sampler: TokenSampler
-              ) -> tuple[list[int], float, int, bool]:
-        """Decode until BOI; returns (text ids, decode seconds, decode forwards, BOI was forced)."""
+              ) -> tuple[list[int], float, bool]:
+        """Decode until BOI; returns (text ids, decode seconds, BOI was forced): one forward per text token."""
         ids: list[int] = []
         decode_s = 0.0
         while True:
             token = sampler(logits)
             if token == self.model.layout.boi:
-                return ids, decode_s, len(ids), False
+                return ids, decode_s, False
             if token == self.eos_id:
                 raise _Stop(Outcome.EOS)
             began = time.perf_counter()
@@ -196,7 +192,7 @@ class StoryGenerator:
             if len(ids) >= self.config.max_text_tokens:
                 if self.config.on_text_budget == "stop":
                     raise _Stop(Outcome.TEXT_BUDGET_EXHAUSTED)
-                return ids, decode_s, len(ids), True
+                return ids, decode_s, True
 
     def _image(self, cache: SinkCache, token_by_token: bool) -> torch.Tensor:
         """Features [Nv, Dv] of the image the model is about to draw.
@@ -239,20 +235,19 @@ class StoryGenerator:
                     window = history[-self.config.recompute_segments:]
                     logits = self._prefill(cache, list(start.token_ids[:1]), window, lead)
                     context_s = time.perf_counter() - began
-                text, decode_s, steps, forced = self._text(cache, logits, sampler)
+                text, decode_s, forced = self._text(cache, logits, sampler)
                 image_began = time.perf_counter()
                 features = self._image(cache, token_by_token=recompute)
                 image_s = time.perf_counter() - image_began
                 segment = Segment(
                     index=index, text_ids=text, features=features,
                     stats=SegmentStats(
-                        wall_s=time.perf_counter() - began, text_tokens=len(text), decode_steps=steps,
+                        wall_s=time.perf_counter() - began, text_tokens=len(text),
                         decode_s=decode_s, context_s=context_s, image_s=image_s,
                         kv_bytes=cache.tensor_bytes(), kv_held_bytes=cache.held_bytes(),
                         held_tokens=len(cache.kept_positions()),
                         forced_image=forced,
                     ),
-                    image=self.decoder(features) if self.decoder is not None else None,
                 )
                 history.append((lead + text, features))
                 lead = []

@@ -93,7 +93,7 @@ class EngineStory:
     segments: list[Segment] = field(default_factory=list)
     outcome: Outcome | None = None
     cancelled: bool = False
-    error: str | None = None  # why the engine ended it, when a forward failed
+    error: str | None = None  # why the engine ended it: a failed forward, or its own program failed
     peak_batch: int = 0  # the most stories one of its forwards served
     token_times: list[list[float]] = field(default_factory=list)  # per segment: when each text token was chosen
     submitted_at: float = field(default_factory=time.perf_counter)
@@ -111,7 +111,8 @@ class StoryEngine:
 
     ``submit`` and ``cancel`` may be called from any thread; they take effect at the next step. A
     failed forward ends every story in the engine with its error (``abort``) and is raised: after it,
-    no row can be trusted. A story whose own code fails (its listener, say) ends alone with its error.
+    no row can be trusted. A story whose own program fails ends alone with its error; a listener that
+    fails is logged and ends nothing.
     """
 
     def __init__(self, model: StoryModel, cache: AttentionSinkConfig, *, max_stories: int, eos_id: int,
@@ -343,7 +344,7 @@ class StoryEngine:
             segment = Segment(
                 index=index, text_ids=text, features=self.model.regress(hidden[None, 1:])[0],
                 stats=SegmentStats(
-                    wall_s=time.perf_counter() - began, text_tokens=len(text), decode_steps=len(text),
+                    wall_s=time.perf_counter() - began, text_tokens=len(text),
                     decode_s=decode_s, context_s=context_s, image_s=image_s,
                     kv_bytes=self.cache.row_bytes(), kv_held_bytes=self.cache.held_bytes(story.row),
                     held_tokens=self.cache.table(story.row).stored, forced_image=forced,

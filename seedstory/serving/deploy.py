@@ -1,8 +1,8 @@
 """Deploy configs of the story service and deploying them: ``serve build`` and ``serve deploy``, scripted.
 
 ``build_config`` is Ray's ``serve build`` of ``seedstory.serving.app:app`` with two edits: the
-HTTP proxy listens on ``serve.host`` (loopback by default, where ``serve build`` writes every
-interface) and the application is named ``seedstory``. ``deploy`` is ``serve deploy`` followed by
+HTTP proxy listens on ``serve.host`` and ``serve.port`` (loopback by default, where ``serve build``
+writes every interface) and the application is named ``seedstory``. ``deploy`` is ``serve deploy`` followed by
 waiting until the service answers, so whatever runs next can use it.
 """
 

@@ -56,9 +56,6 @@ class EngineThread:
             self._closed = True
             self._work.notify()
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
     def _run(self) -> None:
         while True:
             with self._work:

@@ -1,6 +1,6 @@
 """The embedded local stack (object storage, MLflow, Ray head) for laptops, CI and tests."""
 
-from seedstory.stack.local import LocalStack, stack_from_env_file
+from seedstory.stack.local import LocalStack
 from seedstory.stack.processes import StackError, free_port
 
-__all__ = ["LocalStack", "StackError", "free_port", "stack_from_env_file"]
+__all__ = ["LocalStack", "StackError", "free_port"]

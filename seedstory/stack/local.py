@@ -227,7 +227,7 @@ class LocalStack:
             if taken:
                 raise StackError(
                     f"cannot start {service.name}: port {', '.join(taken)} on {self.host} is already in use by another "
-                    "process; free it or choose another port (stack.*_port in the config, or the Makefile's *_PORT variables)"
+                    "process; free it or choose another port (stack.*_port in the config; with make, OVERRIDES=stack.<name>_port=N)"
                 )
             record = spawn(service.command, log=self._log(service.name), pidfile=self._pidfile(service.name),
                            env=service.env, cwd=self.state_dir)
@@ -285,14 +285,3 @@ class LocalStack:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
         write_private(self.s3_identities_file, json.dumps({"identities": [identity]}))
-
-
-def stack_from_env_file(path: Path) -> dict[str, str]:
-    """Parse an ``env.sh`` written by :class:`LocalStack` (for tools that cannot ``source``)."""
-    env = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, value = line[len("export "):].split("=", 1)
-            env[key] = value
-    return env
-

@@ -17,7 +17,7 @@ stage keeps the ViT and VAE frozen; stage 2 adapts the LLM with LoRA.
   the project tokenizer (``sources``: ``tokenizer``). Batches: ``vit_pixels``, ``input_ids``,
   ``attention_mask``. Export: ``vit.safetensors`` (Qwen-VL names), ``text_encoder/``, ``tokenizer/``.
 - ``LLMPretrain``: next-token prediction on whole stories as text (``seedstory.data.story_text``).
-  Batches: ``input_ids``, ``attention_mask``, ``labels``. Export: a transformers folder (what
+  Batches: ``input_ids``, ``labels`` (no mask: ``TextCollate``). Export: a transformers folder (what
   ``model.llm.weights`` reads).
 """
 
