@@ -54,7 +54,11 @@ def read_story(url: str, payload: dict[str, Any], token: str | None, timeout_s: 
             return StoryResult(status=response.status, error=response.read()[:300].decode(errors="replace"))
         result = StoryResult(status=200)
         while line := response.readline():
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                result.error = f"not an event: {line[:80]!r}"
+                break
             elapsed = time.perf_counter() - began
             if event["type"] == "text" and result.first_text_s is None:
                 result.first_text_s = elapsed
@@ -64,6 +68,8 @@ def read_story(url: str, payload: dict[str, Any], token: str | None, timeout_s: 
                 result.outcome, result.stats = event["outcome"], event["stats"]
             elif event["type"] == "error":
                 result.error = event["message"]
+        if result.outcome is None and result.error is None:
+            result.error = "the stream ended without a done or error event"
         result.total_s = time.perf_counter() - began
         return result
     except (OSError, http.client.HTTPException) as err:

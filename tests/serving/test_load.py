@@ -1,13 +1,14 @@
-"""The load generator behind jobs/bench_serve.py, against the deployed service."""
+"""The load generator behind jobs/bench_serve.py, against the deployed service and a server that misbehaves."""
 
 from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from seedstory.serving import load
 from seedstory.serving.deploy import APP_NAME
-
-pytestmark = pytest.mark.stack
 
 
 def test_load_goes_to_loopback_only():
@@ -15,6 +16,34 @@ def test_load_goes_to_loopback_only():
         load.drive("http://192.0.2.1:8000", None, 1, 1, 1, 1.0)
 
 
+@pytest.mark.parametrize("body, error", [
+    (b'{"type": "text", "index": 0, "text": "Tom waits."}\n', "the stream ended without a done or error event"),
+    (b'{"type": "text", "ind', "not an event: "),
+])
+def test_a_stream_cut_short_is_a_stream_error(body, error):
+    class CutShort(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = load.read_story(f"http://127.0.0.1:{server.server_port}/v1/stories", {"text": "x", "segments": 1},
+                                 None, timeout_s=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.status == 200 and result.error.startswith(error), result.error
+    assert load.summarize([result], 1.0)["stream_errors"] == 1
+
+
+@pytest.mark.stack
 def test_a_bounded_load_is_timed_and_counted(service):
     results = load.drive(service.url, service.token, concurrency=2, stories=4, segments=2, deadline_s=60)
     summary = load.summarize(results, wall_s=10.0)
@@ -28,6 +57,7 @@ def test_a_bounded_load_is_timed_and_counted(service):
     assert load.summarize(refused, wall_s=1.0)["status_4xx"] == 2
 
 
+@pytest.mark.stack
 def test_replicas_are_traced_per_deployment(service):
     with load.ReplicaTrace(service.address, APP_NAME, period_s=0.2) as trace:
         load.drive(service.url, service.token, concurrency=1, stories=1, segments=1, deadline_s=60)
