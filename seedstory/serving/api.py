@@ -1,7 +1,8 @@
 """The HTTP contract: what a story request may hold, the errors that name the field, the event lines.
 
 Everything here runs in the ingress before a model is touched: a request that fails any check
-costs no writer or painter time.
+costs no writer or painter time. What needs the tokenizer (the opening's length in tokens) the
+writer checks, and the ingress answers it with the same 422.
 """
 
 from __future__ import annotations

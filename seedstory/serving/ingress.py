@@ -104,13 +104,19 @@ class Ingress:
         # A full writer queue is refused by Serve itself: 503 with the writer's Retry-After.
         stream = self.writer.options(stream=True).write.remote(story_id, story.text, story.image, story.segments,
                                                                story.seed)
-        try:
-            header, painter_models = await asyncio.gather(anext(stream), self.painter.models.remote())
-        except REPLICA_LOST as err:
-            raise ApiError(503, None, f"the writer was lost before the story began ({type(err).__name__}); retry",
-                           headers={"Retry-After": str(limits.writer.retry_after_s)}) from None
-        except StoryInputError as err:
-            raise ApiError(422, str(err).split(":", 1)[0], str(err).split(":", 1)[-1].strip()) from None
+        header, painter_models = await asyncio.gather(anext(stream), self.painter.models.remote(),
+                                                      return_exceptions=True)
+        for part, failure in (("writer", header), ("painter", painter_models)):
+            if isinstance(failure, BaseException):
+                stream.cancel()  # the writer may have taken a row for a story that will not be read
+                if isinstance(failure, StoryInputError):  # the writer read the opening (its tokens) and refused it
+                    field, _, problem = str(getattr(failure, "cause", failure)).partition(":")
+                    raise ApiError(422, field, problem.strip()) from None
+                if isinstance(failure, REPLICA_LOST):
+                    raise ApiError(503, None, f"the {part} was lost before the story began "
+                                   f"({type(failure).__name__}); retry",
+                                   headers={"Retry-After": str(getattr(limits, part).retry_after_s)}) from None
+                raise failure
         record = StoryRecord(id=story_id, opening=story.text, opening_image=story.image,
                              header={**header, "models": {**header["models"], **painter_models}})
         events = StoryStream(record, stream, self.painter, limits.painter.retries, self._folder(story_id))

@@ -109,6 +109,7 @@ def test_stories_in_flight_together_share_a_writer_replica_s_forwards(service):
     ("/v1/stories", b'{"segments": 2}', 422, "text"),
     ("/v1/stories", b'{"text": "  ", "segments": 2}', 422, "text"),
     ("/v1/stories", json.dumps({"text": "x" * 501, "segments": 2}).encode(), 422, "text"),
+    ("/v1/stories", json.dumps({"text": "\U0001f98a" * 500, "segments": 2}).encode(), 422, "text"),  # the writer's tokens
     ("/v1/stories", b'{"text": "A cat.", "segments": 0}', 422, "segments"),
     ("/v1/stories", json.dumps({"text": "A cat.", "segments": MAX_SEGMENTS + 1}).encode(), 422, "segments"),
     ("/v1/stories", b'{"text": "A cat.", "segments": 2, "image": "bm90IGFuIGltYWdl"}', 422, "image"),
@@ -120,6 +121,7 @@ def test_bad_input_gets_a_4xx_naming_the_field(service, path, payload, status, f
     assert got == status, raw
     assert headers["content-type"] == "application/json"
     assert json.loads(raw)["error"]["field"] == field
+    assert b"Traceback" not in raw and b"\x1b" not in raw, raw
 
 
 @pytest.mark.parametrize("path", ["/v1/stories/" + "0" * 32, "/v1/stories/../../etc", "/v1/stories/nope/0.png",
