@@ -34,7 +34,7 @@ from seedstory.training.base_eval import (
     caption_retrieval, next_caption_validity, text_scores, vae_coherence, verdicts, write_next_caption,
 )
 from seedstory.training.base_weights import (
-    MANIFEST, PARTS, BaseWeightsError, PretrainedBases, check_base_shapes, read_manifest, tiny_model, tiny_tokenizer,
+    PARTS, BaseWeightsError, PretrainedBases, check_base_shapes, read_manifest, tiny_model, tiny_tokenizer,
     write_tiny_base,
 )
 from seedstory.training.base_recipes import ClipPretrain, LLMPretrain, VAEPretrain
@@ -83,7 +83,8 @@ def _evaluate(run: StageRun, val: dict[str, np.ndarray], val_stories: list[tuple
 
 def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = False) -> dict | None:
     """Train, score and write the bases; an existing pretrained folder for the same shapes is kept unless
-    ``overwrite``. None when a submission stopped before ``max_steps`` (``stop_at_step``): nothing written."""
+    ``overwrite``. None when a submission stopped before ``max_steps`` (``stop_at_step``): the base folder
+    is left as it was (the stages read their tokenizer from ``staging/`` inside it)."""
     uri = config.train.base_weights
     if uri is None:
         raise BaseWeightsError("train.base_weights is not set: where should the base weights go?")
@@ -94,8 +95,7 @@ def pretrain_bases(config: SeedStoryConfig, seed: int = 0, overwrite: bool = Fal
         return existing
 
     tokenizer = tiny_tokenizer(config)
-    tokenizer_uri = storage.join(uri, PARTS["tokenizer"])
-    storage.remove_file(storage.join(uri, MANIFEST))  # the folder is incomplete until the new base.json
+    tokenizer_uri = storage.join(uri, "staging", PARTS["tokenizer"])  # the base's own is replaced only at the end
     save_tokenizer(tokenizer, tokenizer_uri)
     stages = config.model_copy(deep=True)
     stages.train.base_weights = None  # the stages make the bases instead of reading them

@@ -132,6 +132,28 @@ def test_a_pretrained_folder_is_kept(job):
     assert pretrain_bases(config) == before
 
 
+def test_a_replacement_stopped_early_leaves_the_base_as_it_was(job, ray_head):
+    config, _ = job
+    base = config.train.base_weights
+    fs, root = storage.filesystem_for(base)
+    before = {path: info["LastModified"] for path, info in fs.find(root, detail=True).items()
+              if "/staging/" not in path}
+    overrides = [*_overrides(ray_head.bucket, "stopped"), f"train.base_weights={base}", "train.vae_pretrain.stop_at_step=1",
+                 f"data.toy.uri={config.data.toy.uri}", f"data.train_jsonl={config.data.train_jsonl}",
+                 f"data.val_jsonl={config.data.val_jsonl}", f"data.image_root={config.data.image_root}",
+                 f"data.text_jsonl={config.data.text_jsonl}"]
+    done = subprocess.run(
+        [RAY, "job", "submit", "--address", ray_head.ray_dashboard_url, "--working-dir", str(REPO_ROOT), "--",
+         "python", "jobs/pretrain_bases.py", "--config", "tiny", "--overwrite", *overrides],
+        capture_output=True, text=True, timeout=400,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert "stopped before max_steps: no base written" in done.stdout
+    fs.invalidate_cache()
+    after = {path: info["LastModified"] for path, info in fs.find(root, detail=True).items() if "/staging/" not in path}
+    assert after == before
+
+
 def assert_same(a: torch.nn.Module, b: torch.nn.Module) -> None:
     left, right = a.state_dict(), b.state_dict()
     assert left.keys() == right.keys()
