@@ -30,7 +30,8 @@ help:  ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	@# torch first (CPU wheel here), so that DeepSpeed's source build compiles against it.
+	@# torch first (the CPU wheel where the index serves one: the README), so that DeepSpeed's source
+	@# build compiles against it.
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	@# DeepSpeed on CPU loads a shared-memory comm op at every engine start: built here once, not
 	@# JIT-compiled (45 s, two workers waiting) by the first job, and again whenever another ninja built it.
