@@ -79,13 +79,15 @@ def resolve_models(config: SeedStoryConfig, references: dict[str, str]) -> dict[
     return {name: resolve_source(client, reference) for name, reference in references.items()}
 
 
-def load_writer(uri: str) -> tuple[SeedStoryMLLM, PreTrainedTokenizerBase, VisionTransformer]:
-    """The writing half of a story: the MLLM (LoRA merged), its tokenizer and the ViT it was trained with."""
+def load_writer(uri: str, device: str | torch.device = "cpu"
+                ) -> tuple[SeedStoryMLLM, PreTrainedTokenizerBase, VisionTransformer]:
+    """The writing half of a story on ``device``: the MLLM (LoRA merged), its tokenizer and the ViT it was
+    trained with."""
     mllm, tokenizer = load_mllm(uri)
     if tokenizer is None:
         raise WeightsError(f"{uri}: the MLLM export holds no tokenizer/, so its text cannot be read")
     merge_lora(mllm)
-    return mllm.eval(), tokenizer, load_mllm_vit(uri)
+    return mllm.to(device).eval(), tokenizer, load_mllm_vit(uri, device)
 
 
 @dataclass
@@ -129,9 +131,10 @@ class StoryTimings:
         return {**asdict(self), "overlap": self.overlap}
 
 
-def image_seed(story_seed: int, index: int) -> int:
-    """The painting noise of one picture: the same story seed paints the same pictures, wherever it runs."""
-    return story_seed * 1_000_003 + index
+def painting_generator(story_seed: int, index: int) -> torch.Generator:
+    """The painting noise of one picture. On the CPU whatever device paints (diffusers draws it there and
+    moves it), so the same story seed paints the same pictures wherever it runs."""
+    return torch.Generator().manual_seed(story_seed * 1_000_003 + index)
 
 
 def paint(detokenizer: Detokenizer, features: torch.Tensor, generator: torch.Generator | list[torch.Generator],
@@ -158,7 +161,7 @@ class Painter:
     @torch.no_grad()
     def _paint(self, features: torch.Tensor, index: int) -> Image.Image:
         began = time.perf_counter()
-        generator = torch.Generator(device=features.device).manual_seed(image_seed(self.seed, index))
+        generator = painting_generator(self.seed, index)
         pixels = paint(self.detokenizer, features[None], generator, self.scheduler)[0]
         self.busy_s += time.perf_counter() - began
         return to_image(pixels)
@@ -261,7 +264,7 @@ class StoryWriter:
         if image is None:
             return StoryStart(token_ids=ids)
         size = self.vit.config.image_size
-        pixels = torch.from_numpy(vit_pixels(image, size))[None]
+        pixels = torch.from_numpy(vit_pixels(image, size))[None].to(next(self.vit.parameters()).device)
         with torch.no_grad():
             features = self.vit(pixels)[0]
         return StoryStart(token_ids=ids, image_features=features)

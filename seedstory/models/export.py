@@ -186,13 +186,13 @@ def load_mllm(uri: str, is_trainable: bool = False) -> tuple[SeedStoryMLLM, PreT
     return mllm, tokenizer
 
 
-def load_mllm_vit(uri: str) -> VisionTransformer:
+def load_mllm_vit(uri: str, device: str | torch.device = "cpu") -> VisionTransformer:
     """The ViT an ``export_mllm`` folder was trained with: the MLLM reads and regresses its features, so
     whatever runs the MLLM (stories, stage 3) uses this one, not the one a config names today."""
     config = export_model_config(uri, "mllm")
     if config.vit.weights is None:
         raise WeightsError(f"{uri}: the export names no ViT weights (model.vit.weights is null)")
-    return build_vit(config)
+    return build_vit(config, device)
 
 
 def export_detokenizer(detokenizer: Detokenizer, uri: str) -> None:

@@ -1,6 +1,6 @@
 """The painter deployment: the adapted de-tokenizer, batching feature tensors from every story in flight.
 
-Each picture keeps its own noise (``image_seed`` of its story's seed and its index), so a batch
+Each picture keeps its own noise (``painting_generator`` of its story's seed and its index), so a batch
 paints the same pictures as one call per picture, and as ``seedstory generate`` does. The
 sampling loop runs on a worker thread so the replica keeps collecting the next batch meanwhile.
 """
@@ -17,11 +17,11 @@ import torch
 from ray import serve
 
 from seedstory.config.model import SchedulerConfig
-from seedstory.generation.pipeline import image_seed, paint, to_image
+from seedstory.generation.pipeline import paint, painting_generator, to_image
 from seedstory.generation.storybook import png_bytes
 from seedstory.models.detokenizer import Detokenizer
 from seedstory.models.export import load_detokenizer
-from seedstory.serving.selection import ModelSelection
+from seedstory.serving.selection import ModelSelection, replica_device
 
 logger = logging.getLogger("ray.serve")
 
@@ -41,7 +41,7 @@ class Painter:
         self._scheduler = config.model.scheduler
         source = selection.resolve(config)["detokenizer"]
         if self._detokenizer is None or self._models["detokenizer"]["uri"] != source.uri:
-            self._detokenizer = load_detokenizer(source.uri).eval()
+            self._detokenizer = load_detokenizer(source.uri).to(replica_device("painter")).eval()
         self._models = {"detokenizer": asdict(source)}
         logger.info("painter serves %s (version %s)", source.reference, source.version)
 
@@ -61,6 +61,7 @@ class Painter:
     @torch.no_grad()
     def _paint(detokenizer: Detokenizer, scheduler: SchedulerConfig, features: list[torch.Tensor], seeds: list[int],
                indices: list[int]) -> list[bytes]:
-        generators = [torch.Generator().manual_seed(image_seed(seed, index)) for seed, index in zip(seeds, indices)]
-        pixels = paint(detokenizer, torch.stack(features), generators, scheduler)
+        generators = [painting_generator(seed, index) for seed, index in zip(seeds, indices)]
+        device = next(detokenizer.parameters()).device
+        pixels = paint(detokenizer, torch.stack(features).to(device), generators, scheduler)
         return [png_bytes(to_image(image)) for image in pixels]

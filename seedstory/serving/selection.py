@@ -7,6 +7,8 @@ the alias reloads the models while the replicas keep serving.
 
 from __future__ import annotations
 
+import ray
+import torch
 from pydantic import Field
 
 from seedstory.config import SeedStoryConfig, load_config
@@ -26,3 +28,16 @@ class ModelSelection(Section):
     def resolve(self, config: SeedStoryConfig) -> dict[str, ResolvedSource]:
         """The MLLM and de-tokenizer versions the alias points at now."""
         return resolve_models(config, model_references(config, self.alias or config.serve.alias))
+
+
+def replica_device(role: str) -> torch.device:
+    """Where this replica's models run: the GPU Ray assigned it (its deployment's ``num_gpus``, from
+    ``serve.<role>.gpus`` or the deploy config), else the CPU. A replica holding a GPU it cannot use
+    fails at start rather than paint on the CPU."""
+    assigned = ray.get_gpu_ids()
+    if not assigned:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"Ray assigned this {role} replica GPU {assigned}, but torch sees no CUDA device "
+                           f"(torch {torch.__version__})")
+    return torch.device("cuda")

@@ -22,7 +22,7 @@ from ray import serve
 from seedstory.generation.pipeline import StoryInputError, StoryWriter, load_writer, story_settings
 from seedstory.generation.story import Segment
 from seedstory.generation.story_engine import EngineStory, StoryEngine
-from seedstory.serving.selection import ModelSelection
+from seedstory.serving.selection import ModelSelection, replica_device
 
 logger = logging.getLogger("ray.serve")
 
@@ -82,7 +82,7 @@ class Writer:
         if self._writer is not None and self._models["mllm"]["uri"] == source.uri:
             writer = StoryWriter(self._writer.mllm, self._writer.tokenizer, self._writer.vit, config)
         else:
-            writer = StoryWriter(*load_writer(source.uri), config)
+            writer = StoryWriter(*load_writer(source.uri, replica_device("writer")), config)
         engine = EngineThread(writer.engine(config.serve.writer.batch), name=f"story-engine-{source.version}")
         if self._engine is not None:
             self._engine.close()
@@ -121,7 +121,7 @@ class Writer:
                 if segment is None:
                     break
                 yield {"type": "segment", "index": segment.index, "text": writer.text(segment.text_ids),
-                       "features": segment.features, "stats": asdict(segment.stats)}
+                       "features": segment.features.cpu(), "stats": asdict(segment.stats)}
         except (asyncio.CancelledError, GeneratorExit):
             logger.info("story %s cancelled after %d of %d segments", story_id, len(story.segments), settings.segments)
             raise
