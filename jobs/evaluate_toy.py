@@ -29,7 +29,9 @@ import torch
 from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.data.toyworld.judge import Judge
 from seedstory.eval import toy_world
+from seedstory.eval.attention_quality import mode_config
 from seedstory.eval.held_out import held_out_stories
+from seedstory.eval.runs import lineage_tags
 from seedstory.generation.attention_bench import POSITIONED
 from seedstory.generation.pipeline import StoryModels, StoryPipeline, model_references, resolve_models
 from seedstory.models.export import load_detokenizer
@@ -77,10 +79,8 @@ def main() -> None:
     window_frames = config.data.window_frames
     default = config.story.cache
     default_name = default.mode if default.mode not in POSITIONED else f"{default.mode}/{default.positions}"
-    lineage = {f"lineage.{name}.model_version": f"{s.model_name}/{s.version}" for name, s in sources.items() if s.version}
-
     with tracked_run(config.tracking, stage="evaluate_toy", run_name=f"evaluate-toy-{time.strftime('%Y%m%d-%H%M%S')}",
-                     params=config, tags=lineage):
+                     params=config, tags=lineage_tags(sources)):
         began = time.perf_counter()
         judged = {
             "detokenizer": toy_world.detokenizer_alone(stage1, models.vit, stories, judge, window_frames,
@@ -96,8 +96,7 @@ def main() -> None:
         curves, long_overall, runs_of = {}, {}, {}
         for name, mode, positions in variants():
             began = time.perf_counter()
-            cache = default.model_copy(update={"mode": mode, "positions": positions})
-            pipeline = StoryPipeline(models, config.model_copy(update={"story": config.story.model_copy(update={"cache": cache})}))
+            pipeline = StoryPipeline(models, mode_config(config, mode, positions))
             runs = [toy_world.free_story_scores(pipeline, story, judge, args.long_segments, config.story.seed)
                     for story in stories]
             runs_of[name] = runs

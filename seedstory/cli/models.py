@@ -6,25 +6,23 @@ from __future__ import annotations
 import argparse
 import json
 
-from seedstory.config import load_config, preset_names
+from seedstory.cli.options import add_config_arguments, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("summary", help="parameter count of each model component (no weights loaded)")
-    parser.add_argument("--preset", default="tiny",
-                        help=f"a shipped preset ({', '.join(preset_names())}) or a YAML file (default: tiny)")
+    add_config_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object: component -> parameter count")
     parser.add_argument("--zero-gpus", type=int, metavar="N",
                         help="instead: each stage's trainable and frozen parameters and its model-state GiB per GPU "
                              "under ZeRO-2 and ZeRO-3 on N GPUs")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.lora.r=16")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from seedstory.models.summary import parameter_counts
 
-    config = load_config(args.preset, args.overrides).model
+    config = config_from_args(args).model
     if args.zero_gpus is not None:
         return zero_memory(config, args.zero_gpus, args.json)
     counts = parameter_counts(config)

@@ -24,15 +24,16 @@ from seedstory.generation.pipeline import StoryModels, StoryPipeline
 QUALITY = ("fid", "kid", "kid_std", "clip_text_image", "clip_image_image")
 
 
-def mode_config(config: SeedStoryConfig, mode: str) -> SeedStoryConfig:
-    """``config`` telling stories in ``mode``: a cache mode (sink modes keep the configured
-    positions) or ``recompute-window`` (the dense cache rebuilt from the last segments)."""
+def mode_config(config: SeedStoryConfig, mode: str, positions: str | None = None) -> SeedStoryConfig:
+    """``config`` telling stories in ``mode``: a cache mode (with ``positions``, or the configured ones)
+    or ``recompute-window`` (the dense cache rebuilt from the last segments)."""
     story = config.story
     if mode == "recompute-window":
         story = story.model_copy(update={"context": "recompute-window",
                                          "cache": story.cache.model_copy(update={"mode": "dense"})})
     else:
-        story = story.model_copy(update={"context": "cache", "cache": story.cache.model_copy(update={"mode": mode})})
+        cache = story.cache.model_copy(update={"mode": mode, "positions": positions or story.cache.positions})
+        story = story.model_copy(update={"context": "cache", "cache": cache})
     return config.model_copy(update={"story": story})
 
 

@@ -41,7 +41,7 @@ def test_per_gpu_bytes_follow_deepspeeds_accounting():
 
 def test_summary_prints_the_paper_stages_on_8_gpus(capsys, paper_stages):
     stages, _ = paper_stages
-    assert main(["summary", "--preset", "paper", "--zero-gpus", "8", "--json"]) == 0
+    assert main(["summary", "--config", "paper", "--zero-gpus", "8", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert list(printed) == list(stages)
     for name, row in printed.items():
@@ -50,4 +50,4 @@ def test_summary_prints_the_paper_stages_on_8_gpus(capsys, paper_stages):
     adapt = printed["detokenizer_adapt"]
     assert adapt["zero3_everything"] < adapt["zero3_trainable_only"] < adapt["zero2"]
     with pytest.raises(SystemExit, match="--zero-gpus must be at least 1"):
-        main(["summary", "--preset", "paper", "--zero-gpus", "0"])
+        main(["summary", "--config", "paper", "--zero-gpus", "0"])
