@@ -43,8 +43,9 @@ def main() -> None:
     out = args.out or config.data.prepared
     if out is None:
         parser.error("--out is required when the config names no prepared dataset (data.prepared)")
-    if args.out is None:  # the dataset the config trains on, from the released form it also names
-        config = config.model_copy(update={"data": config.data.model_copy(update={"prepared": None})})
+    # The released form the config also names is what is read, whether the output is the config's prepared
+    # dataset or another folder.
+    config = config.model_copy(update={"data": config.data.model_copy(update={"prepared": None})})
     splits = [split.strip() for split in args.splits.split(",") if split.strip()]
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits or args.stories_per_shard < 1:

@@ -12,17 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from seedstory.config.model import ModelConfig, ViTConfig
+from seedstory.data.pixels import CLIP_MEAN, CLIP_STD
 from seedstory.models.resampler import Resampler, resize_positions
 from seedstory.models.weights import load_vit_weights
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
 def clip_normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] in [0, 1] -> the CLIP-normalised input the ViT was trained on."""
-    mean = torch.tensor(CLIP_MEAN, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    """[B, 3, H, W] in [0, 1] -> the CLIP-normalised input the ViT was trained on (as ``vit_pixels`` makes it)."""
+    mean = torch.as_tensor(CLIP_MEAN, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(CLIP_STD, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
     return (pixels - mean) / std
 
 

@@ -150,8 +150,14 @@ class RankZeroMetrics:
 
     def flush(self) -> None:
         pending, self.pending = self.pending, []
+        failures = []
         for operations in pending:
-            operations.wait()
+            try:
+                operations.wait()
+            except Exception as err:  # the others are still waited for: a step's metrics may land after a failed one
+                failures.append(err)
+        if failures:
+            raise failures[0]
 
 
 def train_worker(loop_config: dict[str, LoopSpec]) -> None:
