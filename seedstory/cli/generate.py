@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     except (StoryInputError, LookupError, ValueError, FileNotFoundError) as err:
         return _refused(err)
     pipeline = StoryPipeline(StoryModels.load(sources), config)
-    try:  # the opening's length in tokens and the seed are checked once the tokenizer is loaded
+    try:  # the opening's length in tokens is checked once the tokenizer is loaded (and the seed with the settings)
         story = pipeline.write(text, image, segments=args.segments, seed=args.seed)
     except StoryInputError as err:
         return _refused(err)

@@ -18,7 +18,8 @@ chain of executions of ``groups`` groups each (``groups_per_execution``), one af
 small enough to be decoded ahead of training into the object store, the next one started halfway
 through the current one (a run that ends in the first half of an execution starts no other); an
 execution's last partial micro-batch is dropped, and a resumed run's executions end where the
-uninterrupted run's did.
+uninterrupted run's did: a position carries its run's ``groups``, which a resumed run keeps even
+where its own object store would size executions otherwise.
 
 ``EpochStream`` (the tiny bases, whose data fits in the object store): the materialised dataset
 split equally, re-read every pass through a local shuffle buffer seeded by (seed, pass, rank);
@@ -98,12 +99,14 @@ class StoryStream(TrainStream):
         """Rank ``rank``'s groups from ``start`` to the end of the execution it falls in, across passes (the
         first one without the samples before ``start``).
 
-        Executions are every ``groups`` groups of the rank's stream counted from its beginning, wherever a
-        run starts: each drops its last partial micro-batch, so a resumed run reads what the uninterrupted
-        one read only if its executions end where that run's did."""
+        Executions are every ``groups`` groups of the rank's stream counted from its beginning (the
+        position's ``groups`` when it carries one), wherever a run starts: each drops its last partial
+        micro-batch, so a resumed run reads what the uninterrupted one read only if its executions end
+        where that run's did."""
         first, group, index = start.get("pass", 0), start.get("group", 0), start.get("index", 0)
+        groups = start.get("groups", self.groups)
         ordinal = sum(len(self.groups_of_pass(rank, world, p)) for p in range(first)) + group
-        wanted = self.groups - ordinal % self.groups
+        wanted = groups - ordinal % groups
         scheduled: list[Group] = []
         pass_index = first
         while len(scheduled) < wanted:
@@ -120,6 +123,7 @@ class StoryStream(TrainStream):
 
     def batches(self, rank: int, world: int, batch_size: int, collate: NumpyBatchCollateFn,
                 start: Position) -> Iterator[tuple[Batch, Position]]:
+        groups = start.get("groups", self.groups)  # the checkpointed run's execution size, on any cluster
         with ThreadPoolExecutor(1, thread_name_prefix="next-execution") as starter:
             def execution(position: Position) -> Execution:
                 scheduled = self.schedule(rank, world, position)
@@ -131,7 +135,7 @@ class StoryStream(TrainStream):
             try:
                 while True:
                     last = current.scheduled[-1]
-                    following = {"pass": last.pass_index, "group": last.group + 1}
+                    following = {"pass": last.pass_index, "group": last.group + 1, "groups": groups}
                     halfway = self.sample_count(current.scheduled) // batch_size // 2
                     delivered = 0
                     for batch in current:
@@ -139,7 +143,7 @@ class StoryStream(TrainStream):
                             upcoming = execution(following)
                         delivered += 1
                         pass_index, group, index = batch.pop(POSITION).tolist()
-                        yield batch, {"pass": pass_index, "group": group, "index": index + 1}
+                        yield batch, {"pass": pass_index, "group": group, "index": index + 1, "groups": groups}
                     if delivered == 0 and current.scheduled[0].skip == 0:  # a resumed one may have no full batch left
                         raise RuntimeError(
                             f"rank {rank}'s next {len(current.scheduled)} groups of {self.stories.describe()} yield no "

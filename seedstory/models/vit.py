@@ -16,6 +16,7 @@ from seedstory.data.pixels import CLIP_MEAN, CLIP_STD
 from seedstory.models.resampler import Resampler, resize_positions
 from seedstory.models.weights import load_vit_weights
 
+
 def clip_normalize(pixels: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [0, 1] -> the CLIP-normalised input the ViT was trained on (as ``vit_pixels`` makes it)."""
     mean = torch.as_tensor(CLIP_MEAN, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)

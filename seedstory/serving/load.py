@@ -57,6 +57,8 @@ def read_story(url: str, payload: dict[str, Any], token: str | None, timeout_s: 
             try:
                 event = json.loads(line)
             except ValueError:
+                event = None
+            if not isinstance(event, dict) or "type" not in event:
                 result.error = f"not an event: {line[:80]!r}"
                 break
             elapsed = time.perf_counter() - began

@@ -39,7 +39,7 @@ class TrainState:
         self._check_world(world)
         saved = self.random_states[rank]
         torch.set_rng_state(saved["cpu"])
-        if saved.get("accelerator") is not None:
+        if saved.get("accelerator") is not None and device.type != "cpu":
             torch.get_device_module(device).set_rng_state(saved["accelerator"], device)
 
     def _check_world(self, world: int) -> None:

@@ -197,7 +197,8 @@ def test_a_stream_resumed_after_its_last_full_batch_goes_on_with_the_next_pass(t
 
 
 def test_a_resumed_stream_ends_its_executions_where_the_uninterrupted_one_did(toy, ray_cluster):
-    """Each execution drops its last partial micro-batch: a run resumed anywhere must keep the boundaries."""
+    """Each execution drops its last partial micro-batch: a run resumed anywhere, on any cluster, must keep
+    the boundaries."""
     config = toy[0]
     stream, _ = stage_stream("detokenizer_pretrain", config)
     stream = replace(stream, groups=3)
@@ -214,6 +215,8 @@ def test_a_resumed_stream_ends_its_executions_where_the_uninterrupted_one_did(to
             resumed = stream.schedule(0, 2, {"pass": pass_index, "group": group, "index": 1})
             assert [(g.pass_index, g.group) for g in resumed] == execution[at:], (pass_index, group)
             assert resumed[0].skip == 1
+            elsewhere = replace(stream, groups=2).schedule(0, 2, {"pass": pass_index, "group": group, "groups": 3})
+            assert [(g.pass_index, g.group) for g in elsewhere] == execution[at:], "a cluster sizing executions otherwise"
 
 
 @dataclass

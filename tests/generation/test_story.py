@@ -53,7 +53,7 @@ def test_loop_yields_segments_with_text_and_features(mllm):
     for segment in segments:
         assert segment.text_ids and len(segment.text_ids) <= 6
         assert segment.features.shape == shape and torch.isfinite(segment.features).all()
-        assert segment.stats.text_tokens == len(segment.text_ids) and segment.stats.kv_bytes > 0
+        assert segment.stats.kv_bytes > 0
     held = [s.stats.held_tokens for s in segments]
     assert max(held) <= 4 + 48 + 8 * (8 + 4)
 

@@ -19,6 +19,7 @@ def test_load_goes_to_loopback_only():
 @pytest.mark.parametrize("body, error", [
     (b'{"type": "text", "index": 0, "text": "Tom waits."}\n', "the stream ended without a done or error event"),
     (b'{"type": "text", "ind', "not an event: "),
+    (b'[]\n', "not an event: "),
 ])
 def test_a_stream_cut_short_is_a_stream_error(body, error):
     class CutShort(BaseHTTPRequestHandler):
