@@ -25,6 +25,7 @@ import yaml
 APP_IMPORT_PATH = "seedstory.serving.app:app"
 APP_NAME = "seedstory"
 DEFAULT_FILE = Path("serve/config.yaml")
+APPLY_GRACE_S = 1.0  # ten of Serve's control loops (0.1 s each): a deploy's deployments have turned UPDATING by then
 
 
 class ServeCommandError(RuntimeError):
@@ -67,14 +68,30 @@ def http_address(config_file: Path) -> str:
 
 
 def deploy(config_file: Path, address: str | None, timeout_s: float) -> str:
-    """``serve deploy`` the file, then wait until ``/healthz`` answers and every application is RUNNING."""
+    """``serve deploy`` the file, then wait until the controller has applied it, every application is
+    RUNNING with every deployment HEALTHY, and ``/healthz`` answers.
+
+    Applied: each application's ``last_deployed_time_s`` moved, and ``APPLY_GRACE_S`` of control loops
+    have passed since. A re-deploy that changes only ``user_config`` (another alias) leaves the
+    application RUNNING: its deployments turn UPDATING only in the controller's next loop, and HEALTHY
+    again once every replica's ``reconfigure`` returned, so RUNNING alone can be the old models."""
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or "http://127.0.0.1:8265"
+    before = {name: app.get("last_deployed_time_s") for name, app in _applications(address).items()}
     _serve("deploy", str(config_file), "--address", address)
     url = http_address(config_file)
     deadline = time.monotonic() + timeout_s
+    applied_at = None
     while True:
-        status = _application_status(address)
-        if status and all(s == "RUNNING" for s in status.values()) and _answers(f"{url}/healthz"):
+        applications = _applications(address)
+        status = {name: app.get("status", "") for name, app in applications.items()}
+        if applied_at is None and applications and all(
+                app.get("last_deployed_time_s") != before.get(name) for name, app in applications.items()):
+            applied_at = time.monotonic()
+        settled = applied_at is not None and time.monotonic() - applied_at >= APPLY_GRACE_S
+        healthy = all(s == "RUNNING" for s in status.values()) and all(
+            deployment.get("status") == "HEALTHY"
+            for app in applications.values() for deployment in app.get("deployments", {}).values())
+        if settled and healthy and _answers(f"{url}/healthz"):
             return url
         failed = {name: s for name, s in status.items() if s == "DEPLOY_FAILED"}
         if failed:
@@ -91,7 +108,7 @@ def dashboard_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _application_status(address: str) -> dict[str, str]:
+def _applications(address: str) -> dict[str, dict]:
     request = urllib.request.Request(f"{address}/api/serve/applications/", headers=dashboard_headers())
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
@@ -103,7 +120,7 @@ def _application_status(address: str) -> dict[str, str]:
         return {}
     except (urllib.error.URLError, OSError, ValueError):
         return {}
-    return {name: app.get("status", "") for name, app in applications.items()}
+    return applications
 
 
 def _answers(url: str) -> bool:
