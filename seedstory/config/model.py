@@ -291,3 +291,7 @@ class ModelConfig(Section):
             raise ValueError("loss.snr_floor needs scheduler.prediction_type v_prediction: an epsilon prediction's "
                              "weight max(SNR, floor) / SNR is unbounded at the noisiest timesteps")
         return self
+
+    def without_weights(self, *parts: str) -> ModelConfig:
+        """This config with the ``weights`` of ``parts`` unset: those parts are built random (to be trained)."""
+        return self.model_copy(update={part: getattr(self, part).model_copy(update={"weights": None}) for part in parts})

@@ -45,11 +45,6 @@ from seedstory.models.weights import load_tokenizer
 from seedstory.training.recipe import StageRecipe
 
 
-def fresh(model: ModelConfig, *parts: str) -> ModelConfig:
-    """``model`` with the weights of ``parts`` unset: a base that is being pretrained starts random."""
-    return model.model_copy(update={part: getattr(model, part).model_copy(update={"weights": None}) for part in parts})
-
-
 def write_export_manifest(uri: str, component: str, model: ModelConfig) -> None:
     """The ``seedstory.json`` that marks an export folder complete (registration checks for it)."""
     manifest = {"component": component, "model": model.model_dump(mode="json")}
@@ -96,7 +91,7 @@ class VAEPretrain(StageRecipe):
 
     def build(self) -> nn.Module:
         model = self.config.model
-        vae = near_deterministic(build_vae(fresh(model, "vae"))).train().requires_grad_(True)
+        vae = near_deterministic(build_vae(model.without_weights("vae"))).train().requires_grad_(True)
         return VAEPretrainModel(vae, model.loss.vae_kl, model.loss.vae_foreground)
 
     def collate(self) -> NumpyBatchCollateFn:
@@ -126,7 +121,7 @@ class ClipPretrain(_TokenizerSource):
     STAGE = "clip_pretrain"
 
     def build(self) -> nn.Module:
-        model = fresh(self.config.model, "vit")
+        model = self.config.model.without_weights("vit")
         return DualEncoder(build_vit(model).train(), TextEncoder(model, len(self.text_tokenizer))).requires_grad_(True)
 
     def collate(self) -> NumpyBatchCollateFn:
@@ -151,7 +146,7 @@ class LLMPretrain(_TokenizerSource):
     STAGE = "llm_pretrain"
 
     def build(self) -> nn.Module:
-        llm = build_llm(fresh(self.config.model, "llm"), vocab_size=len(self.text_tokenizer))
+        llm = build_llm(self.config.model.without_weights("llm"), vocab_size=len(self.text_tokenizer))
         return LLMPretrainModel(llm.train().requires_grad_(True))
 
     def collate(self) -> NumpyBatchCollateFn:

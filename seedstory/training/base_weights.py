@@ -65,9 +65,7 @@ def tiny_model(config: SeedStoryConfig) -> ModelConfig:
     if config.model.preset != "tiny":
         raise BaseWeightsError(f"the {config.model.preset!r} preset's base weights are released checkpoints: "
                                "point model.*.weights and model.llm.tokenizer at them instead")
-    model = config.model
-    return model.model_copy(update={part: getattr(model, part).model_copy(update={"weights": None})
-                                    for part in ("vit", "llm", "unet", "vae")})
+    return config.model.without_weights("vit", "llm", "unet", "vae")
 
 
 def base_shapes(config: SeedStoryConfig) -> dict:
