@@ -72,10 +72,6 @@ class DetokenizerAdapt(StageRecipe):
         """The MLLM export's own tokenizer: the windows must be cut with the ids the MLLM was trained on."""
         return load_tokenizer(storage.join(sources["mllm"], "tokenizer"), config.model.image_tokens)
 
-    def __init__(self, config: SeedStoryConfig, sources: dict[str, str]) -> None:
-        super().__init__(config, sources)
-        self.text_tokenizer = self.tokenizer(config, sources)
-
     def frozen(self) -> nn.Module:
         vit = load_mllm_vit(self.sources["mllm"])  # the features the MLLM was trained on, whatever the config says
         mllm, _ = load_mllm(self.sources["mllm"])

@@ -77,10 +77,6 @@ class StoryInstruct(StageRecipe):
             raise ValueError("model.llm.tokenizer is not set: point it at a tokenizer folder or set train.base_weights")
         return load_tokenizer(config.model.llm.tokenizer, config.model.image_tokens)
 
-    def __init__(self, config: SeedStoryConfig, sources: dict[str, str]) -> None:
-        super().__init__(config, sources)
-        self.text_tokenizer = self.tokenizer(config, sources)
-
     def frozen(self) -> nn.Module:
         vit = build_vit(self.config.model)
         freezing.freeze(vit)

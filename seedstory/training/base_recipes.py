@@ -112,10 +112,6 @@ class _TokenizerSource(StageRecipe):
     def tokenizer(cls, config: SeedStoryConfig, sources: dict[str, str]) -> PreTrainedTokenizerBase:
         return load_tokenizer(sources["tokenizer"], config.model.image_tokens)
 
-    def __init__(self, config: SeedStoryConfig, sources: dict[str, str]) -> None:
-        super().__init__(config, sources)
-        self.text_tokenizer = self.tokenizer(config, sources)
-
 
 class ClipPretrain(_TokenizerSource):
     STAGE = "clip_pretrain"

@@ -38,6 +38,7 @@ class StageRecipe(ABC):
     def __init__(self, config: SeedStoryConfig, sources: dict[str, str]) -> None:
         self.config = config
         self.sources = sources
+        self.text_tokenizer = self.tokenizer(config, sources)  # what the stage's text is cut with; None without text
 
     @classmethod
     def check_inputs(cls, config: SeedStoryConfig, sources: dict[str, str]) -> None:
