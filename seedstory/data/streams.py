@@ -105,7 +105,8 @@ class StoryStream(TrainStream):
         where that run's did."""
         first, group, index = start.get("pass", 0), start.get("group", 0), start.get("index", 0)
         groups = start.get("groups", self.groups)
-        ordinal = sum(len(self.groups_of_pass(rank, world, p)) for p in range(first)) + group
+        per_pass = len(self.groups_of_pass(rank, world, first))  # every pass deals the same stories to a rank
+        ordinal = first * per_pass + group
         wanted = groups - ordinal % groups
         scheduled: list[Group] = []
         pass_index = first
