@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("compare", help="metric table of evaluation runs (run ids or registry aliases)")
     parser.add_argument("runs", nargs="+", metavar="RUN_OR_ALIAS",
                         help="an MLflow run id, or an alias: the newest evaluation of the versions it names now")
-    parser.add_argument("--json", action="store_true", help="print {metric: {run: value}} as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print {\"runs\": {reference: run id}, \"metrics\": {metric: {reference: value}}} as JSON")
     add_config_arguments(parser)
     parser.set_defaults(handler=run)
 

@@ -10,7 +10,7 @@ from seedstory.config import SeedStoryConfig, load_config, preset_names
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default="tiny",
-        help=f"a shipped preset ({', '.join(preset_names())}) or a YAML file (default: tiny)",
+        help=f"a shipped preset ({', '.join(preset_names())}) or a YAML file (default: %(default)s)",
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",

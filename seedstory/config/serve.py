@@ -24,6 +24,10 @@ class DeploymentConfig(Section):
     retry_after_s: int = Field(5, ge=1, description="the Retry-After of that 503")
     upscale_delay_s: float = Field(5.0, ge=0)
     downscale_delay_s: float = Field(30.0, ge=0)
+    graceful_shutdown_timeout_s: float = Field(
+        300.0, gt=0, description="how long a replica Serve stops (scaling down, a re-deploy that restarts it) "
+        "may finish what it holds before it is killed: the writer's and the ingress's requests are whole stories",
+    )
     cpus: float = Field(0.5, gt=0)
     gpus: float = Field(0.0, ge=0)
     memory_gb: float | None = Field(None, gt=0)

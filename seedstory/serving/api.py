@@ -65,8 +65,8 @@ def parse_story_request(body: bytes, limits: ServeConfig) -> StoryRequest:
         raise ApiError(413, None, f"body of {len(body)} bytes is over serve.max_body_bytes ({limits.max_body_bytes})")
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ApiError(400, None, f"body is not JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # ValueError: not JSON, not UTF-8, an integer over int's digit limit
+        raise ApiError(400, None, f"body is not JSON that can be read: {err}") from None
     if not isinstance(data, dict):
         raise ApiError(400, None, f"body must be a JSON object, got {type(data).__name__}")
     try:

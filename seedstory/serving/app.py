@@ -32,6 +32,7 @@ def deployment_options(scale: DeploymentConfig, user_config: dict[str, Any]) -> 
         "max_ongoing_requests": scale.max_ongoing_requests,
         "max_queued_requests": scale.max_queued_requests,
         "backpressure_config": {"status_code": 503, "retry_after_s": scale.retry_after_s},
+        "graceful_shutdown_timeout_s": scale.graceful_shutdown_timeout_s,
         "ray_actor_options": actor,
         "autoscaling_config": {
             "min_replicas": scale.min_replicas,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -26,34 +26,44 @@ from seedstory.serving.selection import ModelSelection, replica_device
 logger = logging.getLogger("ray.serve")
 
 
+@dataclass(frozen=True)
+class Painting:
+    """What a replica paints with, replaced whole by a re-deploy: a batch reads all of it from one."""
+
+    detokenizer: Detokenizer
+    scheduler: SchedulerConfig
+    models: dict[str, Any]
+
+
 @serve.deployment(name="painter")
 class Painter:
     def __init__(self) -> None:
-        self._detokenizer: Detokenizer | None = None
-        self._scheduler: SchedulerConfig | None = None
-        self._models: dict[str, Any] = {}
+        self._painting: Painting | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         selection = ModelSelection.model_validate(user_config)
         config = selection.load()
         self.paint.set_max_batch_size(config.serve.painter.max_batch_size)
         self.paint.set_batch_wait_timeout_s(config.serve.painter.batch_wait_timeout_s)
-        self._scheduler = config.model.scheduler
         source = selection.resolve(config)["detokenizer"]
-        if self._detokenizer is None or self._models["detokenizer"]["uri"] != source.uri:
-            self._detokenizer = load_detokenizer(source.uri).to(replica_device("painter")).eval()
-        self._models = {"detokenizer": asdict(source)}
+        old = self._painting
+        if old is not None and old.models["detokenizer"]["uri"] == source.uri:
+            detokenizer = old.detokenizer
+        else:
+            detokenizer = load_detokenizer(source.uri).to(replica_device("painter")).eval()
+        self._painting = Painting(detokenizer, config.model.scheduler, {"detokenizer": asdict(source)})
         logger.info("painter serves %s (version %s)", source.reference, source.version)
 
     def models(self) -> dict[str, Any]:
-        return self._models
+        return self._painting.models
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def paint(self, features: list[torch.Tensor], seeds: list[int], indices: list[int]
                     ) -> list[dict[str, Any]]:
         """One PNG per request, with the seconds its share of the batch took."""
+        painting = self._painting
         began = time.perf_counter()
-        pngs = await asyncio.to_thread(self._paint, self._detokenizer, self._scheduler, features, seeds, indices)
+        pngs = await asyncio.to_thread(self._paint, painting.detokenizer, painting.scheduler, features, seeds, indices)
         share = (time.perf_counter() - began) / len(pngs)
         return [{"png": png, "paint_s": share} for png in pngs]
 

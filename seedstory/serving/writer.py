@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from PIL import Image
@@ -25,6 +25,10 @@ from seedstory.generation.story_engine import EngineStory, StoryEngine
 from seedstory.serving.selection import ModelSelection, replica_device
 
 logger = logging.getLogger("ray.serve")
+
+
+class EngineClosed(RuntimeError):
+    """A story reached an engine that a re-deploy closed; the replica's current one takes it."""
 
 
 class EngineThread:
@@ -41,7 +45,7 @@ class EngineThread:
         """Queue a story; refused once closed (the thread may already have ended: nobody would step it)."""
         with self._work:
             if self._closed:
-                raise RuntimeError("this story engine was closed by a re-deploy")
+                raise EngineClosed("this story engine was closed by a re-deploy")
             story = self.engine.submit(*args, **kwargs)
             self._work.notify()
         return story
@@ -68,48 +72,59 @@ class EngineThread:
                 logger.exception("a story engine step failed")
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What a replica writes with, replaced whole by a re-deploy: a story reads all of it from one."""
+
+    writer: StoryWriter
+    engine: EngineThread
+    models: dict[str, Any]
+
+
 @serve.deployment(name="writer")
 class Writer:
     def __init__(self) -> None:
-        self._writer: StoryWriter | None = None
-        self._engine: EngineThread | None = None
-        self._models: dict[str, Any] = {}
+        self._serving: Serving | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls it on a worker thread, while stories are opened on the event loop: the new models
+        are published before the old engine closes, so a story that reads the old one finds the new."""
         selection = ModelSelection.model_validate(user_config)
         config = selection.load()
         source = selection.resolve(config)["mllm"]
-        if self._writer is not None and self._models["mllm"]["uri"] == source.uri:
-            writer = StoryWriter(self._writer.mllm, self._writer.tokenizer, self._writer.vit, config)
+        old = self._serving
+        if old is not None and old.models["mllm"]["uri"] == source.uri:
+            writer = StoryWriter(old.writer.mllm, old.writer.tokenizer, old.writer.vit, config)
         else:
             writer = StoryWriter(*load_writer(source.uri, replica_device("writer")), config)
         engine = EngineThread(writer.engine(config.serve.writer.batch), name=f"story-engine-{source.version}")
-        if self._engine is not None:
-            self._engine.close()
-        self._writer, self._engine = writer, engine
-        self._models = {"mllm": asdict(source)}
+        self._serving = Serving(writer, engine, {"mllm": asdict(source)})
+        if old is not None:
+            old.engine.close()
         logger.info("writer serves %s (version %s), %d stories per batch", source.reference, source.version,
                     config.serve.writer.batch)
 
     def models(self) -> dict[str, Any]:
-        return self._models
+        return self._serving.models
 
     async def write(self, story_id: str, text: str, image: Image.Image | None, segments: int, seed: int | None
                     ) -> AsyncIterator[dict[str, Any]]:
         """``story`` (once the opening is accepted), one ``segment`` per segment, then ``end``."""
-        while True:
-            writer, engine, models = self._writer, self._engine, self._models
-            settings = writer.settings(segments, seed)
-            start = await asyncio.to_thread(writer.opening, text, image)
-            if engine is self._engine:  # else a re-deploy closed it meanwhile: read the opening again
-                break
         loop = asyncio.get_running_loop()
         written: asyncio.Queue[Segment | None] = asyncio.Queue()
-        try:
-            story = engine.submit(start, settings,
-                                  listener=lambda _, segment: loop.call_soon_threadsafe(written.put_nowait, segment))
-        except ValueError as err:  # e.g. a dense story longer than its row: the request, not the replica, is wrong
-            raise StoryInputError(f"segments: {err}") from None
+        while True:
+            serving = self._serving
+            writer, engine, models = serving.writer, serving.engine, serving.models
+            settings = writer.settings(segments, seed)
+            start = await asyncio.to_thread(writer.opening, text, image)
+            try:
+                story = engine.submit(start, settings, listener=lambda _, segment: loop.call_soon_threadsafe(
+                    written.put_nowait, segment))
+            except EngineClosed:  # a re-deploy replaced the models meanwhile: open the story with the new ones
+                continue
+            except ValueError as err:  # e.g. a dense story longer than its row: the request, not the replica, is wrong
+                raise StoryInputError(f"segments: {err}") from None
+            break
         write_s = 0.0
         try:
             yield {"type": "story", "models": models, "seed": settings.seed,

@@ -35,6 +35,9 @@ def test_a_good_request_with_a_data_url_or_bare_base64_image():
 @pytest.mark.parametrize("raw, status, field", [
     (b"{not json", 400, None),
     (b"[1, 2]", 400, None),
+    (b"\xff\xfe{}", 400, None),
+    (b"[" * 10_000, 400, None),  # nested past the parser's recursion limit
+    (b'{"text": "a", "segments": ' + b"1" * 5000 + b"}", 400, None),  # past int's digit limit
     (json.dumps({"segments": 3}).encode(), 422, "text"),
     (body(text=""), 422, "text"),
     (body(text="   "), 422, "text"),

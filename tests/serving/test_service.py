@@ -15,6 +15,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
+from seedstory.config import load_config
 from seedstory.generation.pipeline import StoryModels, StoryPipeline, model_references, resolve_models
 from seedstory.generation.storybook import PAGE_FILE, STORY_FILE
 from seedstory.serving.deploy import build_config
@@ -41,9 +42,12 @@ def test_the_committed_deploy_config_is_what_serve_build_writes_now():
     assert config["http_options"]["host"] == "127.0.0.1"
     deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
     assert set(deployments) == {"ingress", "writer", "painter"}
-    for deployment in deployments.values():
+    serve = load_config("demo").serve
+    for name, deployment in deployments.items():
         assert {"min_replicas", "max_replicas", "target_ongoing_requests"} <= deployment["autoscaling_config"].keys()
         assert deployment["user_config"]["config"] == "demo"
+        # Serve's default, 20 s, would kill a replica scaled down mid-story
+        assert deployment["graceful_shutdown_timeout_s"] == getattr(serve, name).graceful_shutdown_timeout_s
 
 
 def test_a_story_streams_each_text_before_its_picture_and_is_saved(service, story_models):
