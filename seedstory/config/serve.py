@@ -49,6 +49,9 @@ class WriterConfig(DeploymentConfig):
     """The writer batches the stories in flight on a replica, one attention-sink cache row each."""
 
     label_selector: dict[str, str] = Field(default_factory=lambda: {ROLE_LABEL: "!painter"})
+    # Bounded, so that a story Serve cannot start soon is told so (503, Retry-After) instead of waiting
+    # unanswered; the painter's callers are stories already under way, and stay unbounded.
+    max_queued_requests: int = Field(16, ge=-1, description="per caller (each ingress replica); -1 is unbounded")
     max_stories: int | None = Field(
         None, ge=1, description="stories a replica writes in one batch (its cache rows, allocated at start); "
         "default max_ongoing_requests, so every request a replica accepts writes at once",
