@@ -50,8 +50,10 @@ class WriterConfig(DeploymentConfig):
 
     label_selector: dict[str, str] = Field(default_factory=lambda: {ROLE_LABEL: "!painter"})
     # Bounded, so that a story Serve cannot start soon is told so (503, Retry-After) instead of waiting
-    # unanswered; the painter's callers are stories already under way, and stay unbounded.
-    max_queued_requests: int = Field(16, ge=-1, description="per caller (each ingress replica); -1 is unbounded")
+    # unanswered: 32 and the rows being written stay under the 64 streams an ingress replica holds, so
+    # the refusal comes before the ingress stops answering. The painter's callers are stories already
+    # under way, and stay unbounded.
+    max_queued_requests: int = Field(32, ge=-1, description="per caller (each ingress replica); -1 is unbounded")
     max_stories: int | None = Field(
         None, ge=1, description="stories a replica writes in one batch (its cache rows, allocated at start); "
         "default max_ongoing_requests, so every request a replica accepts writes at once",
