@@ -13,6 +13,7 @@ from typing import Any
 
 import ray.train
 import torch
+import torch.distributed as dist
 from deepspeed import DeepSpeedEngine
 
 TAG = "deepspeed"
@@ -66,8 +67,12 @@ def save(engine: DeepSpeedEngine, state: TrainState, metrics: dict[str, float]) 
 
 
 def restore(engine: DeepSpeedEngine, checkpoint: ray.train.Checkpoint) -> TrainState:
+    """Collective: every rank must call it. Ray downloads a checkpoint once per node, to one folder for every
+    rank there, and deletes the folder when the last rank using it leaves ``as_directory``; a rank that left
+    before another arrived would delete it under that one's load, so none leaves until every rank has loaded."""
     with checkpoint.as_directory() as folder:
         path, client_state = engine.load_checkpoint(folder, tag=TAG)
+        dist.barrier()
     if path is None or not client_state or "train_state" not in client_state:
         raise RuntimeError(f"checkpoint {checkpoint.path} holds no DeepSpeed state tagged {TAG!r}")
     return TrainState(**client_state["train_state"])
