@@ -35,6 +35,9 @@ def png_bytes(image: Image.Image) -> bytes:
 
 @dataclass(frozen=True)
 class Storybook:
+    """``models`` names each model the story was made with; a model that changed mid-story (a served story's
+    de-tokenizer, across a re-deploy) is a list, and then ``painted_by`` says which one painted each picture."""
+
     opening: str
     opening_image: Image.Image | None
     texts: list[str]
@@ -43,21 +46,29 @@ class Storybook:
     models: dict[str, Any]
     config: dict[str, Any]
     stats: dict[str, Any]
+    painted_by: list[dict[str, Any]] | None = None
 
     def manifest(self) -> dict[str, Any]:
+        segments = [{"index": i, "text": text, "image": image_name(i)} for i, text in enumerate(self.texts)]
+        for segment, painter in zip(segments, self.painted_by or []):
+            segment["detokenizer"] = painter
         return {
             "opening": {"text": self.opening, "image": self.opening_image is not None},
-            "segments": [{"index": i, "text": text, "image": image_name(i)} for i, text in enumerate(self.texts)],
+            "segments": segments,
             "outcome": self.outcome, "models": self.models, "config": self.config, "stats": self.stats,
         }
 
     def page(self) -> str:
         rows = [_row("opening", self.opening, self.opening_image)]
         rows += [_row(f"segment {i}", text, image) for i, (text, image) in enumerate(zip(self.texts, self.images))]
-        versions = ", ".join(f"{name} {info.get('model_name') or ''} {info.get('version') or info.get('uri')}".strip()
-                             for name, info in self.models.items())
+        versions = ", ".join(_version(name, info) for name, models in self.models.items()
+                             for info in (models if isinstance(models, list) else [models]))
         return PAGE.format(title=html.escape(self.opening[:80]), rows="\n".join(rows),
                            outcome=html.escape(self.outcome), versions=html.escape(versions))
+
+
+def _version(name: str, info: dict[str, Any]) -> str:
+    return " ".join(str(part) for part in (name, info.get("model_name"), info.get("version") or info.get("uri")) if part)
 
 
 def _row(label: str, text: str, image: Image.Image | None) -> str:

@@ -60,12 +60,14 @@ class Painter:
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def paint(self, features: list[torch.Tensor], seeds: list[int], indices: list[int]
                     ) -> list[dict[str, Any]]:
-        """One PNG per request, with the seconds its share of the batch took."""
+        """One PNG per request, with the seconds its share of the batch took and the de-tokenizer that painted it
+        (a re-deploy can change it between two pictures of one story)."""
         painting = self._painting
         began = time.perf_counter()
         pngs = await asyncio.to_thread(self._paint, painting.detokenizer, painting.scheduler, features, seeds, indices)
         share = (time.perf_counter() - began) / len(pngs)
-        return [{"png": png, "paint_s": share} for png in pngs]
+        painted_by = painting.models["detokenizer"]
+        return [{"png": png, "paint_s": share, "detokenizer": painted_by} for png in pngs]
 
     @staticmethod
     @torch.no_grad()

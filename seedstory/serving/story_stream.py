@@ -41,7 +41,32 @@ class StoryRecord:
     header: dict[str, Any]
     texts: dict[int, str] = field(default_factory=dict)
     pngs: dict[int, bytes] = field(default_factory=dict)
+    painted_by: dict[int, dict[str, Any]] = field(default_factory=dict)  # the de-tokenizer of each picture
     stats: dict[str, Any] = field(default_factory=dict)
+
+    def models(self) -> dict[str, Any]:
+        """The models the story was made with: the writer's, and the de-tokenizer(s) that painted its pictures
+        (the one announced when it began is what one painter replica held then)."""
+        painters = [self.painted_by[i] for i in sorted(self.painted_by)]
+        distinct = [info for n, info in enumerate(painters) if info not in painters[:n]]
+        models = dict(self.header["models"])
+        if distinct:
+            models["detokenizer"] = distinct[0] if len(distinct) == 1 else distinct
+        return models
+
+    def save(self, outcome: str, folder: str) -> str:
+        """The finished story as a storybook folder (``seedstory.generation.storybook``); returns ``folder``."""
+        indices = sorted(self.texts)
+        models = self.models()
+        mixed = isinstance(models["detokenizer"], list)
+        book = Storybook(
+            opening=self.opening, opening_image=self.opening_image,
+            texts=[self.texts[i] for i in indices],
+            images=[Image.open(io.BytesIO(self.pngs[i])) for i in indices],
+            outcome=outcome, models=models, config=self.header["config"], stats=dict(self.stats),
+            painted_by=[self.painted_by[i] for i in indices] if mixed else None)
+        save_storybook(book, folder)
+        return folder
 
 
 class StoryStream:
@@ -84,7 +109,7 @@ class StoryStream:
                 for painting in done & paintings:
                     paintings.discard(painting)
                     index, painted = painting.result()
-                    record.pngs[index] = painted["png"]
+                    record.pngs[index], record.painted_by[index] = painted["png"], painted["detokenizer"]
                     paint_s += painted["paint_s"]
                     stats.setdefault("time_to_first_image_s", time.perf_counter() - began)
                     yield event_line({"type": "image", "index": index, "png": png_base64(painted["png"])})
@@ -101,7 +126,7 @@ class StoryStream:
         stats.update(segments=len(record.texts), batch=end["batch"], write_s=write_s, paint_s=paint_s, wall_s=wall_s,
                      wall_over_slower=wall_s / max(write_s, paint_s, 1e-9))
         try:
-            stats["saved"] = await asyncio.to_thread(self._save, end["outcome"])
+            stats["saved"] = await asyncio.to_thread(record.save, end["outcome"], self.folder)
         except Exception as err:  # the story was delivered; saving it is what failed
             logger.warning("story %s not saved to %s: %r", record.id, self.folder, err)
             yield event_line({"type": "error", "message": f"saving the story to {self.folder} failed: {err}"})
@@ -127,18 +152,6 @@ class StoryStream:
         self.writer.cancel()
         for painting in paintings:
             painting.cancel()
-
-    def _save(self, outcome: str) -> str:
-        record = self.record
-        indices = sorted(record.texts)
-        book = Storybook(
-            opening=record.opening, opening_image=record.opening_image,
-            texts=[record.texts[i] for i in indices],
-            images=[Image.open(io.BytesIO(record.pngs[i])) for i in indices],
-            outcome=outcome, models=record.header["models"], config=record.header["config"],
-            stats=dict(record.stats))
-        save_storybook(book, self.folder)
-        return self.folder
 
 
 def failure_message(err: BaseException) -> str:

@@ -73,6 +73,7 @@ def test_a_story_streams_each_text_before_its_picture_and_is_saved(service, stor
     texts = {e["index"]: e["text"] for e in events if e["type"] == "text"}
     assert [s["text"] for s in manifest["segments"]] == [texts[i] for i in range(4)]
     assert manifest["outcome"] == "completed" and manifest["opening"] == {"text": "A red fox finds a key.", "image": True}
+    assert {part: manifest["models"][part]["version"] for part in story_models.versions} == story_models.versions
     streamed = {e["index"]: base64.b64decode(e["png"]) for e in events if e["type"] == "image"}
     for index in range(4):
         status, headers, png = service.request("GET", f"/v1/stories/{story_id}/{index}.png")
