@@ -61,10 +61,17 @@ def arguments() -> argparse.ArgumentParser:
     return parser
 
 
+def _figure(value: float | None) -> str:
+    return "none" if value is None else f"{value:.2f}"
+
+
 def main() -> None:
     parser = arguments()
     args = parser.parse_args()
     config = config_from_args(args)
+    for flag, value in (("--stories", args.stories), ("--segments", args.segments), ("--threads", args.threads)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
     if args.long_segments < args.segments:
         parser.error("--long-segments must be at least --segments")
     torch.set_num_threads(args.threads)
@@ -112,9 +119,10 @@ def main() -> None:
             "true": toy_world.cast_sizes([toy_world.characters_named(caption) for story in stories
                                           for caption in story.captions[1:args.segments + 1]]),
         }
-        print(f"characters per caption: written {cast['written']['characters_per_caption']:.2f} (at most one in "
-              f"{cast['written']['one_character_share']:.2f}), the test stories' own "
-              f"{cast['true']['characters_per_caption']:.2f} ({cast['true']['one_character_share']:.2f})", flush=True)
+        print(f"characters per caption: written {_figure(cast['written']['characters_per_caption'])} (at most one "
+              f"in {_figure(cast['written']['one_character_share'])}), the test stories' own "
+              f"{_figure(cast['true']['characters_per_caption'])} ({_figure(cast['true']['one_character_share'])})",
+              flush=True)
 
         beyond = toy_world.beyond_training_length(curves, window_frames)
         best = max(beyond, key=beyond.get) if beyond else None
@@ -156,9 +164,11 @@ def main() -> None:
     for name, counts in errors.items():
         wrong = ", ".join(f"{kind} {count}" for kind, count in counts.items() if kind not in ("pictures", "characters"))
         print(f"{name}: {counts['pictures']} pictures of {counts['characters']} characters; wrong: {wrong}")
-    if best is None:
+    if best is None and args.long_segments <= toy_world.first_segment_past(window_frames):
         print(f"attention variants not compared: --long-segments {args.long_segments} does not pass the training "
               f"length ({window_frames} frames)")
+    elif best is None:
+        print("attention variants not compared: no story of any variant got past the training length")
     else:
         reached = f"{beyond[default_name]:.3f}" if default_name in beyond else "no story got past the training length"
         print(f"best attention past the training length: {best} ({beyond[best]:.3f}); configured default: "

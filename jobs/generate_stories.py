@@ -18,10 +18,10 @@ from dataclasses import asdict
 
 from seedstory.cli.options import add_config_arguments, config_from_args
 from seedstory.generation.batch import (
-    SUMMARY_FILE, prepare_prompts, prompts_folder, read_prompt_lines, summarize, write_storybooks,
+    SUMMARY_FILE, output_folder, prepare_prompts, prompts_folder, read_prompt_lines, summarize, write_storybooks,
 )
 from seedstory.generation.pipeline import model_references, resolve_models
-from seedstory.storage import join, write_bytes
+from seedstory.storage import check_writable, join, write_bytes
 from seedstory.training.registry import CANDIDATE
 
 
@@ -43,6 +43,8 @@ def main() -> None:
     config = config_from_args(args)
     if args.segments is not None and args.segments < 1:
         parser.error(f"--segments must be at least 1, got {args.segments}")
+    out = output_folder(args.out)
+    check_writable(out)
 
     sources = resolve_models(config, model_references(config, args.alias))
     lines = read_prompt_lines(args.prompts)
@@ -50,14 +52,14 @@ def main() -> None:
                                    args.segments or config.story.segments)
     print(f"{len(lines)} prompt lines: {len(prompts)} to write, {len(bad)} bad", flush=True)
 
-    results = write_storybooks(config, prompts, sources, args.out, args.actors, args.cpus_per_actor)
+    results = write_storybooks(config, prompts, sources, out, args.actors, args.cpus_per_actor)
 
     summary = summarize(results, bad, args.prompts, {name: asdict(s) for name, s in sources.items()})
-    write_bytes(join(args.out, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
+    write_bytes(join(out, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     for entry in summary["bad"]:
         print(f"bad prompt {args.prompts}:{entry['line']}: {entry['detail']}")
     print(f"\n{summary['stories']} stories written, {summary['bad_prompts']} bad prompts skipped")
-    print(f"summary:    {join(args.out, SUMMARY_FILE)}")
+    print(f"summary:    {join(out, SUMMARY_FILE)}")
     for entry in summary["written"][:5]:
         print(f"storybook:  {entry['storybook']}")
 

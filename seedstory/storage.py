@@ -139,6 +139,22 @@ def remove_file(uri: str) -> None:
         fs.rm_file(path)
 
 
+def check_writable(folder: str) -> None:
+    """An ``OSError`` now, not after the work meant for ``folder``: in a bucket a probe object is written and
+    removed, so whatever the store refuses fails here; a local folder, which need not exist yet, is not made."""
+    if is_remote(folder):
+        probe = join(folder, ".seedstory-write-check")
+        write_bytes(probe, b"")
+        remove_file(probe)
+        return
+    path = Path(strip_scheme(folder)).absolute()
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{existing} is not writable")
+
+
 def upload_folder(folder: Path, uri: str, manifest: str | None = None) -> None:
     """Copy every file under ``folder`` to ``uri`` (local or s3://), publishing ``manifest`` atomically.
 

@@ -47,3 +47,16 @@ def test_split_uri_rejects_non_s3():
     assert storage.split_uri("s3://b/k/x") == ("b", "k/x")
     with pytest.raises(ValueError, match="not an s3:// URI"):
         storage.split_uri("/local/path")
+
+
+def test_a_folder_is_checked_writable_without_being_made(s3, tmp_path):
+    storage.check_writable(str(tmp_path / "new" / "deeper"))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        storage.check_writable(str(tmp_path / "file" / "story"))
+    folder = f"s3://{s3.bucket}/checked-{uuid.uuid4().hex[:6]}"
+    storage.check_writable(folder)
+    fs, path = storage.filesystem_for(folder)
+    fs.invalidate_cache()
+    assert not [p for p in fs.find(path) if not fs.isdir(p)], "the probe is removed"

@@ -22,10 +22,12 @@ def _opening(args: argparse.Namespace, config) -> tuple[str, Image.Image | None]
         return story_opening(split_jsonl(config, args.from_split), config.data.image_root, args.story)
     if args.text is None or not args.text.strip():
         raise StoryInputError("text: empty; give --text \"...\" (the story's first sentence)")
-    return args.text, read_image(args.image) if args.image else None
+    if args.image is not None and not args.image.strip():
+        raise StoryInputError("image: empty; give --image PATH, or leave it out for a story without one")
+    return args.text, read_image(args.image) if args.image is not None else None
 
 
-def _refused(err: Exception) -> int:
+def _refused(err: Exception | str) -> int:
     print(f"seedstory generate: error: {err}", file=sys.stderr)
     return 2
 
@@ -35,18 +37,28 @@ def run(args: argparse.Namespace) -> int:
         StoryInputError, StoryModels, StoryPipeline, model_references, resolve_models,
     )
     from seedstory.generation.storybook import save_storybook
+    from seedstory.models.weights import WeightsError
+    from seedstory.storage import check_writable
 
     config = config_from_args(args)
+    segments = config.story.segments if args.segments is None else args.segments
     try:
-        if args.segments < 1:
-            raise StoryInputError(f"segments: must be at least 1, got {args.segments}")
+        if segments < 1:
+            raise StoryInputError(f"segments: must be at least 1, got {segments}")
         text, image = _opening(args, config)
         sources = resolve_models(config, model_references(config, args.alias, args.mllm, args.detokenizer))
     except (StoryInputError, LookupError, ValueError, FileNotFoundError) as err:
         return _refused(err)
-    pipeline = StoryPipeline(StoryModels.load(sources), config)
+    try:
+        check_writable(args.out)
+    except OSError as err:
+        return _refused(f"out: cannot write to {args.out}: {err}")
+    try:
+        pipeline = StoryPipeline(StoryModels.load(sources), config)
+    except (WeightsError, FileNotFoundError) as err:
+        return _refused(f"models: {err}")
     try:  # the opening's length in tokens is checked once the tokenizer is loaded (and the seed with the settings)
-        story = pipeline.write(text, image, segments=args.segments, seed=args.seed)
+        story = pipeline.write(text, image, segments=segments, seed=args.seed)
     except StoryInputError as err:
         return _refused(err)
     print(f"opening: {story.opening}", flush=True)
@@ -67,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="open with the first caption and frame of a story of this split of config.data "
                              "instead of --text/--image; see --story")
     parser.add_argument("--story", type=int, default=0, help="which story of --from-split, in file order (default: 0)")
-    parser.add_argument("--segments", type=int, default=10, help="segments after the opening (default: 10)")
+    parser.add_argument("--segments", type=int, default=None, help="segments after the opening (default: story.segments)")
     parser.add_argument("--seed", type=int, default=None, help="sampling and painting seed (default: story.seed)")
     parser.add_argument("--alias", default=CANDIDATE,
                         help=f"registry alias of the stage-2 and stage-3 models (default: {CANDIDATE})")

@@ -19,7 +19,7 @@ def decode_image(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
         raise BadRecordError(BadKind.CORRUPT_IMAGE, f"cannot decode image: {err}") from None
     image = ImageOps.exif_transpose(image)
     if image.mode == "P":

@@ -137,12 +137,11 @@ def characters_named(caption: str) -> int:
 
 def cast_sizes(characters: Sequence[float], validity: Sequence[float] | None = None) -> dict[str, float | None]:
     """How many characters captions name: the mean, and the share naming one at most; with ``validity``
-    (written captions), how often each kind is valid (None where there is none of a kind)."""
+    (written captions), how often each kind is valid (None where there is none of a kind, or no caption:
+    a model that ends every story at once writes none)."""
     counts = np.asarray(characters, dtype=float)
-    if not counts.size:
-        raise ValueError("no captions to count characters in")
-    out: dict[str, float | None] = {"characters_per_caption": float(counts.mean()),
-                                    "one_character_share": float((counts <= 1).mean())}
+    out: dict[str, float | None] = {"characters_per_caption": float(counts.mean()) if counts.size else None,
+                                    "one_character_share": float((counts <= 1).mean()) if counts.size else None}
     if validity is not None:
         if len(validity) != len(counts):
             raise ValueError(f"{len(counts)} captions but {len(validity)} verdicts")

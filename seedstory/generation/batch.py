@@ -44,15 +44,18 @@ PROMPT_FIELDS = ("line", "id", "text", "image", "segments", "seed")
 
 
 def read_prompt_lines(uri: str) -> list[dict[str, Any]]:
-    """``{"line": n, "text": raw}`` for every non-blank line (1-based numbers)."""
-    lines = read_bytes(uri).decode("utf-8").splitlines()
+    """``{"line": n, "text": raw bytes}`` for every non-blank line (1-based numbers); each line is decoded
+    alone, so one that is not UTF-8 is one bad prompt."""
+    lines = read_bytes(uri).splitlines()
     return [{"line": n, "text": text} for n, text in enumerate(lines, start=1) if text.strip()]
 
 
-def parse_prompt(raw: str, line: int, base: str, default_segments: int) -> Prompt:
+def parse_prompt(raw: bytes, line: int, base: str, default_segments: int) -> Prompt:
     """One prompt line; ``StoryInputError`` names what is wrong with it."""
     try:
-        item = json.loads(raw)
+        item = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise StoryInputError(f"not UTF-8: byte {err.start + 1} is {raw[err.start:err.start + 1]!r}") from None
     except json.JSONDecodeError as err:
         raise StoryInputError(f"not JSON: {err.msg} at column {err.colno}") from None
     if not isinstance(item, dict):
@@ -69,15 +72,17 @@ def parse_prompt(raw: str, line: int, base: str, default_segments: int) -> Promp
     seed = item.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT):
         raise StoryInputError(f"seed: must be an integer in [0, {SEED_LIMIT}), got {seed!r}")
-    story_id = str(item.get("id", f"line-{line:06d}"))
+    story_id = f"line-{line:06d}" if item.get("id") is None else str(item["id"])
     if not SAFE_ID.match(story_id):
         raise StoryInputError(f"id: {story_id!r} is not a folder name (letters, digits, '.', '_', '-')")
+    if story_id == SUMMARY_FILE:
+        raise StoryInputError(f"id: {story_id!r} is the name of the run's summary")
     image = item.get("image")
-    if image is not None and not isinstance(image, str):
-        raise StoryInputError("image: must be a path or URI string")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise StoryInputError(f"image: must be a path or URI, got {image!r}")
     if image and not is_remote(image) and not posixpath.isabs(image):
         image = join(base, image)
-    return Prompt(line, story_id, text, image or None, segments, seed)
+    return Prompt(line, story_id, text, image, segments, seed)
 
 
 def prompts_folder(uri: str) -> str:
@@ -86,6 +91,11 @@ def prompts_folder(uri: str) -> str:
     if is_remote(uri):
         return posixpath.dirname(uri.rstrip("/"))
     return os.path.dirname(os.path.abspath(uri))
+
+
+def output_folder(uri: str) -> str:
+    """Where the storybooks go; a local one made absolute on the driver, as ``prompts_folder`` is."""
+    return uri if is_remote(uri) else os.path.abspath(uri)
 
 
 def prepare_prompts(lines: list[dict[str, Any]], base: str, default_segments: int

@@ -55,8 +55,8 @@ def read_image(uri: str) -> Image.Image:
     """An opening picture from a local path or s3:// URI (JPEG or PNG), or an error naming the problem."""
     try:
         data = read_bytes(uri)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
-        raise StoryInputError(f"image: cannot read {uri}: {err.strerror or err}") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as err:  # ValueError: a malformed URI
+        raise StoryInputError(f"image: cannot read {uri}: {getattr(err, 'strerror', None) or err}") from None
     try:
         return decode_image(data)
     except BadRecordError as err:
@@ -199,18 +199,18 @@ class WrittenStory:
     outcome: Outcome | None = None
     timings: StoryTimings = field(default_factory=StoryTimings)
     _stream: Iterator[PaintedSegment] | None = None
+    _iterated: bool = False
 
     def __iter__(self) -> Iterator[PaintedSegment]:
-        if self._stream is None:
-            raise RuntimeError("a story can be iterated once")
-        stream, self._stream = self._stream, None
-        return stream
+        if self._iterated:
+            raise RuntimeError("a story can be iterated once (wait() writes what is left)")
+        self._iterated = True
+        return self._stream
 
     def wait(self) -> WrittenStory:
-        """Write to the end (if not iterated yet) and wait for every picture."""
-        if self._stream is not None:
-            for _ in self:
-                pass
+        """Write to the end (what an iteration left, or all of it) and wait for every picture."""
+        for _ in self._stream:
+            pass
         self.images()
         return self
 

@@ -11,13 +11,14 @@ import base64
 import html
 import io
 import json
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
 from seedstory.data.images import decode_image
-from seedstory.storage import join, read_bytes, write_bytes
+from seedstory.storage import filesystem_for, join, read_bytes, remove_file, write_bytes
 
 STORY_FILE = "story.json"
 PAGE_FILE = "index.html"
@@ -100,10 +101,17 @@ footer {{ font: 0.8rem sans-serif; color: #888; }}
 
 
 def save_storybook(book: Storybook, out: str) -> str:
-    """Write the folder under ``out`` (local or ``s3://``); returns the page's location."""
+    """Write the folder under ``out`` (local or ``s3://``); returns the page's location. A story written over
+    another removes the old ``story.json`` first and the old pictures it has no segment for before its own
+    ``story.json``, so a folder with a manifest never mixes two stories."""
+    remove_file(join(out, STORY_FILE))
     for index, image in enumerate(book.images):
         write_bytes(join(out, image_name(index)), png_bytes(image))
     write_bytes(join(out, PAGE_FILE), book.page().encode())
+    fs, folder = filesystem_for(out)
+    for picture in fs.glob(f"{folder}/[0-9][0-9][0-9].png"):
+        if int(posixpath.basename(picture)[:3]) >= len(book.images):
+            fs.rm_file(picture)
     write_bytes(join(out, STORY_FILE), json.dumps(book.manifest(), indent=2).encode())
     return join(out, PAGE_FILE)
 

@@ -14,13 +14,17 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode,
+)
 
 from seedstory import storage
 from seedstory.models.export import MANIFEST
 
 CANDIDATE = "candidate"
 MODEL_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+# What the registry answers for a model, version or alias it does not hold (a missing alias is a bad parameter).
+NOT_REGISTERED = {ErrorCode.Name(code) for code in (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE)}
 
 
 class IncompleteExportError(RuntimeError):
@@ -58,6 +62,8 @@ def resolve_source(client: MlflowClient, reference: str) -> ResolvedSource:
     try:
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as err:
+        if err.error_code not in NOT_REGISTERED:
+            raise  # the registry did not answer: not a question of which models exist
         raise LookupError(f"{reference}: no such registered model version in {client.tracking_uri} "
                           f"(has the stage that registers {name!r} run?): {err.message}") from err
     return ResolvedSource(reference=reference, uri=found.source, model_name=name, version=found.version,

@@ -76,11 +76,17 @@ def test_generate_from_a_dataset_story(story_models, tmp_path):
     (["--text", "Tom waits.", "--alias", "nonesuch"], "@nonesuch: no such registered model version"),
     (["--text", "Tom waits.", "--seed", "4294967296"], "seed: must be in [0, 4294967296), got 4294967296"),
     (["--text", "Tom waits. " * 300], "more than half the model's context"),
+    (["--text", "Tom waits.", "--image", ""], "image: empty"),
+    (["--text", "Tom waits.", "--mllm", "{tmp}/no-export"], "models: weights not found: {tmp}/no-export"),
+    (["--text", "Tom waits.", "--detokenizer", "{tmp}"], "models: {tmp}: no seedstory.json, so not a seedstory"),
+    (["--text", "Tom waits.", "--out", "{tmp}/not-an-image.png/out"], "out: cannot write to {tmp}/not-an-image.png/out"),
 ])
 def test_bad_input_exits_non_zero_naming_it(story_models, tmp_path, capsys, arguments, problem):
+    """Each exits 2 naming the problem and writes nothing; the output folder is checked before any model loads."""
     (tmp_path / "not-an-image.png").write_text("hello")
     arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
-    code = main(["generate", "--config", "tiny", *arguments, "--out", str(tmp_path / "out"), *story_models.overrides])
+    out = [] if "--out" in arguments else ["--out", str(tmp_path / "out")]
+    code = main(["generate", "--config", "tiny", *arguments, *out, *story_models.overrides])
     assert code == 2
     assert problem.replace("{tmp}", str(tmp_path)) in capsys.readouterr().err
     assert not (tmp_path / "out").exists(), "nothing is written for a request that was refused"

@@ -70,6 +70,15 @@ def test_truncated_jpeg_is_corrupt():
     assert err.value.kind is BadKind.CORRUPT_IMAGE
 
 
+def test_a_picture_too_large_to_decode_is_a_bad_record_not_a_crash():
+    """A small file that would decode to 200M pixels (a decompression bomb): Pillow refuses it at open."""
+    data = _bytes(Image.new("1", (20_000, 10_000)), "PNG")
+    assert len(data) < 100_000
+    with pytest.raises(BadRecordError, match="decompression bomb") as err:
+        decode_image(data)
+    assert err.value.kind is BadKind.CORRUPT_IMAGE
+
+
 def test_png_encoding_round_trips_exactly():
     pixels = np.random.default_rng(1).integers(0, 255, (9, 7, 3), dtype=np.uint8)
     assert np.array_equal(np.asarray(decode_image(encode_image(Image.fromarray(pixels), ".png"))), pixels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import sys
 import uuid
@@ -119,8 +120,16 @@ def test_cast_sizes_count_characters_and_the_validity_of_each_kind():
     assert cast_sizes([2, 3], [1.0, 0.0])["valid_one_character"] is None
     with pytest.raises(ValueError, match="2 captions but 1 verdicts"):
         cast_sizes([1, 2], [1.0])
-    with pytest.raises(ValueError, match="no captions"):
-        cast_sizes([])
+    assert cast_sizes([], []) == dict.fromkeys(("characters_per_caption", "one_character_share", "valid_one_character",
+                                                 "valid_more_characters"))
+
+
+@pytest.mark.parametrize("flag", ["--stories", "--segments", "--threads"])
+def test_evaluate_toy_refuses_a_count_below_one_before_loading_anything(tmp_path, monkeypatch, capsys, flag):
+    monkeypatch.setattr(sys, "argv", ["evaluate_toy.py", "--config", "tiny", "--out", str(tmp_path), flag, "0"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(REPO_ROOT / "jobs" / "evaluate_toy.py"), run_name="__main__")
+    assert exited.value.code == 2 and f"{flag} must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.stack

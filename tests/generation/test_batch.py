@@ -14,14 +14,14 @@ from seedstory import storage
 from seedstory.data.images import encode_image
 from seedstory.data.toyworld.generate import toy_story
 from seedstory.data.toyworld.render import render_frame
-from seedstory.generation.batch import prepare_prompts, prompts_folder
+from seedstory.generation.batch import prepare_prompts, prompts_folder, read_prompt_lines
 from tests.conftest import REPO_ROOT
 
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _lines(*texts: str) -> list[dict]:
-    return [{"line": n, "text": t} for n, t in enumerate(texts, start=1)]
+def _lines(*texts: str | bytes) -> list[dict]:
+    return [{"line": n, "text": t if isinstance(t, bytes) else t.encode()} for n, t in enumerate(texts, start=1)]
 
 
 def test_prompts_are_parsed_with_defaults_and_relative_images():
@@ -45,15 +45,25 @@ def test_every_bad_prompt_is_named_with_its_line():
     prompts, bad = prepare_prompts(_lines(
         '{"text": "ok", "id": "a"}', "{not json", '{"image": "x.png"}', '{"text": "x", "segments": 0}',
         '{"text": "x", "id": "a"}', '{"text": "x", "id": "../up"}', '{"text": "x", "colour": 1}', '["x"]',
-        '{"text": "x", "seed": 4294967296}',
+        '{"text": "x", "seed": 4294967296}', b'{"text": "caf\xe9"}', '{"text": "x", "id": "summary.json"}',
+        '{"text": "x", "image": ""}', '{"text": "x", "id": null}',
     ), "/p", 2)
-    assert [p.id for p in prompts] == ["a"]
+    assert [p.id for p in prompts] == ["a", "line-000013"]
     details = {entry["line"]: entry["detail"] for entry in bad}
     assert details[2].startswith("not JSON") and details[3] == "text: missing or empty"
     assert details[4].startswith("segments: must be an integer >= 1")
     assert details[5] == "id: 'a' is already used by line 1" and details[6].startswith("id: '../up'")
     assert details[7] == "unknown field(s) colour" and details[8].startswith("a prompt is a JSON object")
     assert details[9] == "seed: must be an integer in [0, 4294967296), got 4294967296"
+    assert details[10] == "not UTF-8: byte 14 is b'\\xe9'"
+    assert details[11] == "id: 'summary.json' is the name of the run's summary"
+    assert details[12] == "image: must be a path or URI, got ''"
+
+
+def test_prompt_lines_are_decoded_one_by_one(tmp_path):
+    (tmp_path / "prompts.jsonl").write_bytes(b'{"text": "caf\xe9"}\n\n  \n{"text": "ok"}\r\n')
+    lines = read_prompt_lines(str(tmp_path / "prompts.jsonl"))
+    assert lines == [{"line": 1, "text": b'{"text": "caf\xe9"}'}, {"line": 4, "text": b'{"text": "ok"}'}]
 
 
 @pytest.mark.stack

@@ -60,6 +60,14 @@ def test_a_story_has_its_segments_text_and_one_picture_each(pipeline, story_mode
     timings = story.timings
     assert timings.wall_s > 0 and timings.write_s > 0 and timings.paint_s > 0
 
+    stopped = pipeline.write(text, image, segments=3, seed=5)
+    first = next(iter(stopped))
+    assert first.index == 0 and stopped.outcome is None
+    with pytest.raises(RuntimeError, match="iterated once"):
+        iter(stopped)
+    assert [s.text for s in stopped.wait().segments] == [s.text for s in story.segments]  # the rest, written
+    assert stopped.outcome.value == "completed"
+
 
 def test_the_writer_s_batch_engine_writes_what_the_one_story_loop_writes(pipeline, story_models):
     writer = pipeline.writer

@@ -35,3 +35,11 @@ def test_page_is_self_contained_and_escapes_text(tmp_path):
     assert html.count("<img ") == 3 and html.count('src="data:image/png;base64,') == 3
     assert "Tom &lt;b&gt;waits&lt;/b&gt; &amp; sings." in html and "<b>" not in html
     assert "http" not in html, "a storybook page loads nothing from elsewhere"
+
+
+def test_a_story_written_over_another_leaves_nothing_of_it(tmp_path):
+    folder = tmp_path / "story"
+    save_storybook(book(4), str(folder))
+    save_storybook(book(2), str(folder))
+    assert sorted(p.name for p in folder.glob("*.png")) == ["000.png", "001.png"]
+    assert len(json.loads((folder / "story.json").read_text())["segments"]) == 2
