@@ -58,4 +58,4 @@ def test_no_rank_leaves_a_checkpoint_download_its_node_shares_before_every_rank_
     fit()  # the same name: Ray Train hands every worker the first run's checkpoint
     restored = {rank: json.loads(Path(f"{log}.{rank}").read_text()) for rank in (0, 1)}
     assert restored[0]["step"] == restored[1]["step"] == 3
-    assert restored[0]["returned"] > restored[1]["returned"] - LATE_S / 4, restored  # rank 0 waited for rank 1
+    assert restored[0]["returned"] > restored[1]["returned"] - LATE_S / 2, restored  # rank 0 waited for rank 1
