@@ -164,11 +164,11 @@ def main() -> None:
     for name, counts in errors.items():
         wrong = ", ".join(f"{kind} {count}" for kind, count in counts.items() if kind not in ("pictures", "characters"))
         print(f"{name}: {counts['pictures']} pictures of {counts['characters']} characters; wrong: {wrong}")
-    if best is None and args.long_segments <= toy_world.first_segment_past(window_frames):
-        print(f"attention variants not compared: --long-segments {args.long_segments} does not pass the training "
-              f"length ({window_frames} frames)")
-    elif best is None:
-        print("attention variants not compared: no story of any variant got past the training length")
+    if best is None:
+        too_short = args.long_segments <= toy_world.first_segment_past(window_frames)
+        print("attention variants not compared: " + (
+            f"--long-segments {args.long_segments} does not pass the training length ({window_frames} frames)"
+            if too_short else "no story of any variant got past the training length"))
     else:
         reached = f"{beyond[default_name]:.3f}" if default_name in beyond else "no story got past the training length"
         print(f"best attention past the training length: {best} ({beyond[best]:.3f}); configured default: "

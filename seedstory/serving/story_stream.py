@@ -44,26 +44,29 @@ class StoryRecord:
     painted_by: dict[int, dict[str, Any]] = field(default_factory=dict)  # the de-tokenizer of each picture
     stats: dict[str, Any] = field(default_factory=dict)
 
+    def painters(self) -> list[dict[str, Any]]:
+        """The de-tokenizers that painted the pictures, in order of first use (more than one across a re-deploy)."""
+        painters = [self.painted_by[i] for i in sorted(self.painted_by)]
+        return [info for n, info in enumerate(painters) if info not in painters[:n]]
+
     def models(self) -> dict[str, Any]:
         """The models the story was made with: the writer's, and the de-tokenizer(s) that painted its pictures
         (the one announced when it began is what one painter replica held then)."""
-        painters = [self.painted_by[i] for i in sorted(self.painted_by)]
-        distinct = [info for n, info in enumerate(painters) if info not in painters[:n]]
+        painters = self.painters()
         models = dict(self.header["models"])
-        if distinct:
-            models["detokenizer"] = distinct[0] if len(distinct) == 1 else distinct
+        if painters:
+            models["detokenizer"] = painters[0] if len(painters) == 1 else painters
         return models
 
     def save(self, outcome: str, folder: str) -> str:
         """The finished story as a storybook folder (``seedstory.generation.storybook``); returns ``folder``."""
         indices = sorted(self.texts)
-        models = self.models()
-        mixed = isinstance(models["detokenizer"], list)
+        mixed = len(self.painters()) > 1
         book = Storybook(
             opening=self.opening, opening_image=self.opening_image,
             texts=[self.texts[i] for i in indices],
             images=[Image.open(io.BytesIO(self.pngs[i])) for i in indices],
-            outcome=outcome, models=models, config=self.header["config"], stats=dict(self.stats),
+            outcome=outcome, models=self.models(), config=self.header["config"], stats=dict(self.stats),
             painted_by=[self.painted_by[i] for i in indices] if mixed else None)
         save_storybook(book, folder)
         return folder
