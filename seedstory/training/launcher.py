@@ -9,6 +9,7 @@ every evaluation.
 
 from __future__ import annotations
 
+import ray
 import ray.data
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -38,7 +39,10 @@ def build_trainer(config: SeedStoryConfig, spec: LoopSpec, run_name: str,
     filesystem, path = arrow_filesystem_for(runs_uri(config))
     return TorchTrainer(
         train_loop_per_worker=train_worker,
-        train_loop_config={"spec": spec},
+        # Ray Train's controller unpickles train_loop_config. As an object ref the spec reaches only the
+        # workers, and the controller, which every worker waits for, starts without importing torch,
+        # DeepSpeed and the models.
+        train_loop_config={"spec": ray.put(spec)},
         scaling_config=ScalingConfig(num_workers=stage.num_workers, use_gpu=stage.use_gpu,
                                      resources_per_worker=resources, placement_strategy=stage.placement_strategy),
         run_config=RunConfig(

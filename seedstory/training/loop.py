@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import deepspeed
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -160,8 +161,8 @@ class RankZeroMetrics:
             raise failures[0]
 
 
-def train_worker(loop_config: dict[str, LoopSpec]) -> None:
-    spec = loop_config["spec"]
+def train_worker(loop_config: dict[str, ray.ObjectRef]) -> None:
+    spec: LoopSpec = ray.get(loop_config["spec"])
     config = SeedStoryConfig.model_validate(spec.config)
     stage = getattr(config.train, spec.stage)
     context = ray.train.get_context()
