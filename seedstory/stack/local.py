@@ -194,7 +194,9 @@ class LocalStack:
             health_url=f"{self.ray_dashboard_url}/api/version",
             health_headers=self.ray_auth_headers,
             command=ray_cmd,
-            env=env,
+            # One node and nothing to drain to. Left on, Ray's SIGTERM handler waits up to 30 s for the node to
+            # go idle, which a head holding Ray Data's and Ray Train's detached actors never does.
+            env={**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
             after_start=lambda: wait_until(
                 lambda: _http_ok(f"{self.ray_dashboard_url}/api/jobs/", self.ray_auth_headers),
                 timeout_s=c.start_timeout_s, what="Ray job server",

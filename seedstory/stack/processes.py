@@ -113,7 +113,10 @@ def _group_members(pgid: int) -> list[psutil.Process]:
 
 
 def terminate(record: PidRecord, timeout_s: float = 20.0) -> list[int]:
-    """SIGTERM the leader's process group and descendants, SIGKILL what is left; returns the PIDs ended."""
+    """SIGTERM the leader first and give it the time to stop its own processes in its own order (``ray start
+    --block`` stops Ray's in seconds, where Ray's processes signalled all at once outlive the timeout); then
+    SIGTERM what is left of its process group and descendants, and SIGKILL what still runs. Returns the
+    PIDs ended."""
     leader = record.process()
     if leader is None:
         return []
@@ -122,15 +125,43 @@ def terminate(record: PidRecord, timeout_s: float = 20.0) -> list[int]:
     except psutil.NoSuchProcess:
         tree = [leader]
     targets = {p.pid: p for p in [*tree, *_group_members(record.pid)]}
-    for proc in targets.values():
-        with contextlib.suppress(psutil.NoSuchProcess):  # it may exit before its turn
-            proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(list(targets.values()), timeout=timeout_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
+    deadline = time.monotonic() + timeout_s
+    _send(signal.SIGTERM, [leader])
+    _wait_ended([leader], deadline)
+    rest = [proc for proc in targets.values() if _running(proc)]
+    _send(signal.SIGTERM, rest)
+    alive = _wait_ended(rest, deadline)
+    _send(signal.SIGKILL, alive)
+    _wait_ended(alive, time.monotonic() + 5)
     return sorted(targets)
+
+
+def _send(signum: int, procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):  # it may exit before its turn
+            proc.send_signal(signum)
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Whether ``proc`` still runs. Our own exited child is reaped here; any other zombie has ended too,
+    and waits only for its parent (init, for a daemon) to reap it."""
+    try:
+        proc.wait(timeout=0)
+        return False
+    except psutil.TimeoutExpired:
+        try:
+            return proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_ended(procs: list[psutil.Process], deadline: float) -> list[psutil.Process]:
+    """Those of ``procs`` still running at ``deadline`` (``time.monotonic()``)."""
+    while (running := [proc for proc in procs if _running(proc)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return running
 
 
 def wait_until(check, *, timeout_s: float, what: str, log: Path | None = None, record: PidRecord | None = None) -> None:

@@ -3,6 +3,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -163,6 +164,50 @@ def test_a_pid_record_follows_its_process_through_a_clock_step_but_not_to_a_reus
     finally:
         terminate(record)
     assert record.process() is None
+
+
+SUPERVISOR = """
+import signal, subprocess, sys, time
+worker = subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]])
+def stop(*_):
+    time.sleep(0.5)  # stopping in order takes a supervisor a while
+    worker.send_signal(signal.SIGUSR1)
+    worker.wait()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+time.sleep(120)
+"""
+WORKER = """
+import signal, sys, time
+def record(name):
+    def handler(*_):
+        open(sys.argv[1], "a").write(name)
+        sys.exit(0)
+    return handler
+signal.signal(signal.SIGTERM, record("stopped by SIGTERM"))
+signal.signal(signal.SIGUSR1, record("stopped by its supervisor"))
+open(sys.argv[1], "w").write("ready")
+time.sleep(120)
+"""
+
+
+def test_a_leader_stops_its_own_processes_before_anyone_else_signals_them(tmp_path):
+    """As ``ray start --block`` does: Ray's processes signalled all at once outlive the stop's timeout."""
+    (tmp_path / "supervisor.py").write_text(SUPERVISOR)
+    (tmp_path / "worker.py").write_text(WORKER)
+    said = tmp_path / "worker.said"
+    record = spawn([sys.executable, str(tmp_path / "supervisor.py"), str(tmp_path / "worker.py"), str(said)],
+                   log=tmp_path / "log", pidfile=tmp_path / "pid", env=os.environ, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not (said.exists() and said.read_text() == "ready"):
+        assert time.monotonic() < deadline, "the worker never started"
+        time.sleep(0.1)
+    worker = psutil.Process(record.pid).children()[0]
+    said.write_text("")
+    ended = terminate(record)
+    assert said.read_text() == "stopped by its supervisor"
+    assert sorted(ended) == sorted([record.pid, worker.pid]) and record.process() is None
+    assert not psutil.pid_exists(worker.pid) or worker.status() == psutil.STATUS_ZOMBIE
 
 
 def test_down_without_up_is_harmless(tmp_path):
