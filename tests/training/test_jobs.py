@@ -1,7 +1,8 @@
 """The three stage jobs end to end through `ray job submit` on the local stack (tiny preset, 2 workers).
 
 One chain per module: base weights and toy world written once, then stage 1 -> stage 2 -> stage 3,
-stage 3 starting from the other two by MLflow alias. Each job must register its model version and
+stage 3 starting from the other two by MLflow alias. Stage 1 is stopped mid-run and resubmitted under
+its run name, as after a preemption, and the chain goes on from the resumed run. Each job must register its model version and
 log its val losses; the exports must hold exactly the weights of the run's final DeepSpeed
 checkpoint, load with diffusers/peft/transformers, and beat the model the stage started from on
 the toy data.
@@ -50,8 +51,11 @@ pytestmark = pytest.mark.stack
 
 RAY = str(Path(sys.executable).parent / "ray")
 STAGES = ("detokenizer_pretrain", "story_instruct", "detokenizer_adapt")
-STEPS = 8
-VAL_EVERY = STEPS  # once, at the end: the interval itself is tested in test_loop
+RESUMED = "detokenizer_pretrain"
+# Ray Train lists a checkpoint some steps after its folder lands: the resumed stage checkpoints often and has
+# steps enough that the stop comes mid-run.
+STEPS = {"detokenizer_pretrain": 16, "story_instruct": 8, "detokenizer_adapt": 8}
+CHECKPOINT_EVERY = {**STEPS, RESUMED: 2}
 VAL_TERMS = {"detokenizer_pretrain": {"val/loss", "val/diffusion_mse"},
              "story_instruct": {"val/loss", "val/text_ce", "val/image_cosine"},
              "detokenizer_adapt": {"val/loss", "val/diffusion_mse"}}
@@ -64,6 +68,8 @@ class StageJob:
     version: ModelVersion
     run: Run
     checkpoint: Path
+    resumed_at: int = 0
+    stopped_status: str | None = None
 
 
 def _overrides(bucket: str, tag: str) -> list[str]:
@@ -71,15 +77,17 @@ def _overrides(bucket: str, tag: str) -> list[str]:
     names = {stage: f"test-{stage}-{tag}" for stage in STAGES}
     overrides = [
         f"storage.bucket={bucket}", "tracking.experiment=stage-jobs", f"train.base_weights=s3://{bucket}/base-{tag}",
+        f"train.run_name=chain-{tag}",
         "data.toy.stories=10", "data.toy.val_fraction=0.2", "data.toy.test_fraction=0.0", f"data.toy.uri={toy}",
         f"data.train_jsonl=[{toy}/train.jsonl]", f"data.val_jsonl=[{toy}/val.jsonl]", f"data.image_root={toy}/images",
         f"train.detokenizer_adapt.sources.mllm=models:/{names['story_instruct']}@candidate",
         f"train.detokenizer_adapt.sources.detokenizer=models:/{names['detokenizer_pretrain']}@candidate",
     ]
     for stage in STAGES:
-        overrides += [f"train.{stage}.max_steps={STEPS}", f"train.{stage}.checkpoint_every={STEPS}",
+        # Validation once, at the end: the interval itself is tested in test_loop.
+        overrides += [f"train.{stage}.max_steps={STEPS[stage]}", f"train.{stage}.checkpoint_every={CHECKPOINT_EVERY[stage]}",
                       f"train.{stage}.warmup_steps=2", f"train.{stage}.registered_model={names[stage]}",
-                      f"train.{stage}.val_every={VAL_EVERY}"]
+                      f"train.{stage}.val_every={STEPS[stage]}"]
     return overrides
 
 
@@ -108,6 +116,27 @@ def world(ray_head, tmp_path_factory) -> tuple[list[str], Path]:
     return overrides, tmp_path_factory.mktemp("weights-cache")
 
 
+def _submit_and_stop_mid_run(ray_head, stage: str, overrides: list[str], cache: Path, config) -> str:
+    """Submits ``stage`` and stops it once its step-4 checkpoint is listed; ``ray job status`` of it."""
+    # Ray Train resumes from the checkpoints its snapshot lists, written after the folder is uploaded:
+    # stop the job only once step 4 is listed there, not when its folder appears.
+    snapshot = storage.join(config.storage.uri("runs"), f"{config.train.run_name}-{stage}",
+                            CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
+    fs, path = storage.filesystem_for(snapshot)
+    submission_id, _ = _submit(ray_head, stage, overrides, cache, wait=False)
+    deadline = time.monotonic() + 300
+    while not (fs.exists(path) and "step-00000004" in fs.cat_file(path).decode()):
+        assert time.monotonic() < deadline, f"step 4 never listed in {snapshot}"
+        time.sleep(1)
+        fs.invalidate_cache()
+    stopped = subprocess.run([RAY, "job", "stop", "--address", ray_head.ray_dashboard_url, submission_id],
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    status = subprocess.run([RAY, "job", "status", "--address", ray_head.ray_dashboard_url, submission_id],
+                            capture_output=True, text=True, timeout=60)
+    return status.stdout + status.stderr
+
+
 @pytest.fixture(scope="module")
 def chain(ray_head, world, tmp_path_factory):
     overrides, cache = world
@@ -117,14 +146,18 @@ def chain(ray_head, world, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CACHE_ENV, str(cache))  # this process loads the exports too: keep them out of ~/.cache
         for stage in STAGES:
+            stopped_status = _submit_and_stop_mid_run(ray_head, stage, overrides, cache, config) \
+                if stage == RESUMED else None
             submission_id, log = _submit(ray_head, stage, overrides, cache)
+            resumed_at = int(log.split("resumed from ")[1].split(" at step ")[1].split()[0]) if stopped_status else 0
             name = getattr(config.train, stage).registered_model
             version = client.get_model_version_by_alias(name, "candidate")
             run = client.get_run(version.run_id)
             checkpoint = tmp_path_factory.mktemp(f"checkpoint-{stage}")
             fs, path = storage.filesystem_for(run.data.tags["seedstory.checkpoint_uri"])
             fs.get(path, str(checkpoint), recursive=True)
-            jobs[stage] = StageJob(submission_id, log, version, run, checkpoint / Path(path).name)
+            jobs[stage] = StageJob(submission_id, log, version, run, checkpoint / Path(path).name, resumed_at,
+                                   stopped_status)
         yield with_base_weights(config), jobs
 
 
@@ -160,22 +193,22 @@ def noise_mse(detokenizer: Detokenizer, pixels: torch.Tensor, features: torch.Te
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_job_registers_its_export_with_its_run(chain, stage):
     config, jobs = chain
-    job = jobs[stage]
-    assert "model version:" in job.log and "step 8/8" in job.log
+    job, steps = jobs[stage], STEPS[stage]
+    assert "model version:" in job.log and f"step {steps}/{steps}" in job.log
     tags, params = job.run.data.tags, job.run.data.params
     assert tags["seedstory.stage"] == stage and tags["ray.job_id"] == job.submission_id
-    assert params[f"train.{stage}.max_steps"] == str(STEPS) and params["model.vit.weights"] == config.model.vit.weights
+    assert params[f"train.{stage}.max_steps"] == str(steps) and params["model.vit.weights"] == config.model.vit.weights
     assert tags["lineage.base_weights.uri"] == params["lineage.base_weights.uri"] == config.train.base_weights
     assert job.version.source == tags["seedstory.export_uri"] and job.version.run_id == job.run.info.run_id
-    assert tags["seedstory.checkpoint_uri"].endswith(f"step-{STEPS:08d}")
+    assert tags["seedstory.checkpoint_uri"].endswith(f"step-{steps:08d}")
     history = MlflowClient().get_metric_history(job.run.info.run_id, "loss")
-    assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
+    assert sorted(m.step for m in history) == list(range(job.resumed_at + 1, steps + 1))
     assert {"lr", "grad_norm", "samples_per_s", "data_wait_fraction", "data/stories"} <= set(job.run.data.metrics)
     assert job.run.data.metrics["data/stories"] == 8 and job.run.data.metrics["val_data/stories"] == 2
     assert VAL_TERMS[stage] <= set(job.run.data.metrics)
     for term in VAL_TERMS[stage]:
         history = MlflowClient().get_metric_history(job.run.info.run_id, term)
-        assert sorted(m.step for m in history) == [STEPS], term
+        assert sorted(m.step for m in history) == [steps], term
 
 
 def test_stage3_records_the_model_versions_it_started_from(chain):
@@ -228,7 +261,8 @@ def test_stage2_export_is_the_trained_adapter_and_its_loss_fell(chain):
     assert isinstance(PeftModel.from_pretrained(base, folder / "adapter"), PeftModel)
 
     losses = {m.step: m.value for m in MlflowClient().get_metric_history(job.run.info.run_id, "loss")}
-    assert np.mean([losses[s] for s in (STEPS - 1, STEPS)]) < np.mean([losses[1], losses[2]]), losses
+    last = STEPS["story_instruct"]
+    assert np.mean([losses[s] for s in (last - 1, last)]) < np.mean([losses[1], losses[2]]), losses
 
 
 def test_stage3_export_is_the_trained_unet_and_beats_the_stage1_detokenizer(chain):
@@ -253,35 +287,11 @@ def test_stage3_export_is_the_trained_unet_and_beats_the_stage1_detokenizer(chai
         noise_mse(start, batch["sd_pixels"], regressed, batch["add_time_ids"])
 
 
-def test_a_stage_job_stopped_mid_run_and_resubmitted_with_its_run_name_resumes(ray_head, world, chain):
-    overrides, cache = world
-    stage, run_name = "detokenizer_pretrain", f"resubmitted-{uuid.uuid4().hex[:6]}"
-    # Ray Train lists a checkpoint some steps after its folder lands: steps enough that the stop comes mid-run.
-    steps = 2 * STEPS
-    overrides = [*overrides, f"train.run_name={run_name}", f"train.{stage}.max_steps={steps}",
-                 f"train.{stage}.checkpoint_every=2",
-                 f"train.{stage}.registered_model=test-resubmitted-{run_name}"]
-    config = load_config("tiny", overrides)
-    # Ray Train resumes from the checkpoints its snapshot lists, written after the folder is uploaded:
-    # stop the job only once step 4 is listed there, not when its folder appears.
-    snapshot = storage.join(config.storage.uri("runs"), f"{run_name}-{stage}", CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
-    fs, path = storage.filesystem_for(snapshot)
-    first, _ = _submit(ray_head, stage, overrides, cache, wait=False)
-    deadline = time.monotonic() + 300
-    while not (fs.exists(path) and "step-00000004" in fs.cat_file(path).decode()):
-        assert time.monotonic() < deadline, f"step 4 never listed in {snapshot}"
-        time.sleep(1)
-        fs.invalidate_cache()
-    stopped = subprocess.run([RAY, "job", "stop", "--address", ray_head.ray_dashboard_url, first],
-                             capture_output=True, text=True, timeout=120)
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    status = subprocess.run([RAY, "job", "status", "--address", ray_head.ray_dashboard_url, first],
-                            capture_output=True, text=True, timeout=60)
-    assert "was stopped" in status.stdout + status.stderr
-
-    _, log = _submit(ray_head, stage, overrides, cache)
-    resumed_at = int(log.split("resumed from ")[1].split(" at step ")[1].split()[0])
-    assert 4 <= resumed_at < steps, resumed_at
-    version = MlflowClient().get_model_version_by_alias(config.train.detokenizer_pretrain.registered_model, "candidate")
-    history = MlflowClient().get_metric_history(version.run_id, "loss")
-    assert sorted(m.step for m in history) == list(range(resumed_at + 1, steps + 1)), "only the steps left are trained"
+def test_a_stage_job_stopped_mid_run_and_resubmitted_with_its_run_name_resumes(chain):
+    _, jobs = chain
+    job = jobs[RESUMED]
+    assert "was stopped" in job.stopped_status
+    assert 4 <= job.resumed_at < STEPS[RESUMED], job.resumed_at
+    history = MlflowClient().get_metric_history(job.run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(job.resumed_at + 1, STEPS[RESUMED] + 1)), \
+        "only the steps left are trained"
