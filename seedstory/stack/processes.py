@@ -149,10 +149,11 @@ def _running(proc: psutil.Process) -> bool:
         proc.wait(timeout=0)
         return False
     except psutil.TimeoutExpired:
-        try:
-            return proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
+        pass
+    except psutil.NoSuchProcess:
+        return False
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 

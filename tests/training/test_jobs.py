@@ -2,10 +2,10 @@
 
 One chain per module: base weights and toy world written once, then stage 1 -> stage 2 -> stage 3,
 stage 3 starting from the other two by MLflow alias. Stage 1 is stopped mid-run and resubmitted under
-its run name, as after a preemption, and the chain goes on from the resumed run. Each job must register its model version and
-log its val losses; the exports must hold exactly the weights of the run's final DeepSpeed
-checkpoint, load with diffusers/peft/transformers, and beat the model the stage started from on
-the toy data.
+its run name, as after a preemption, and the chain goes on from the resumed run. Each job must
+register its model version and log its val losses; the exports must hold exactly the weights of the
+run's final DeepSpeed checkpoint, load with diffusers/peft/transformers, and beat the model the stage
+started from on the toy data.
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def _overrides(bucket: str, tag: str) -> list[str]:
     ]
     for stage in STAGES:
         # Validation once, at the end: the interval itself is tested in test_loop.
-        overrides += [f"train.{stage}.max_steps={STEPS[stage]}", f"train.{stage}.checkpoint_every={CHECKPOINT_EVERY[stage]}",
-                      f"train.{stage}.warmup_steps=2", f"train.{stage}.registered_model={names[stage]}",
+        overrides += [f"train.{stage}.max_steps={STEPS[stage]}",
+                      f"train.{stage}.checkpoint_every={CHECKPOINT_EVERY[stage]}", f"train.{stage}.warmup_steps=2", f"train.{stage}.registered_model={names[stage]}",
                       f"train.{stage}.val_every={STEPS[stage]}"]
     return overrides
 
