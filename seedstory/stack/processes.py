@@ -127,12 +127,12 @@ def terminate(record: PidRecord, timeout_s: float = 20.0) -> list[int]:
     targets = {p.pid: p for p in [*tree, *_group_members(record.pid)]}
     deadline = time.monotonic() + timeout_s
     _send(signal.SIGTERM, [leader])
-    _wait_ended([leader], deadline)
-    rest = [proc for proc in targets.values() if _running(proc)]
+    psutil.wait_procs([leader], timeout=timeout_s)
+    rest = [proc for proc in targets.values() if proc.is_running()]
     _send(signal.SIGTERM, rest)
-    alive = _wait_ended(rest, deadline)
+    _, alive = psutil.wait_procs(rest, timeout=max(0.0, deadline - time.monotonic()))
     _send(signal.SIGKILL, alive)
-    _wait_ended(alive, time.monotonic() + 5)
+    psutil.wait_procs(alive, timeout=5)
     return sorted(targets)
 
 
@@ -140,29 +140,6 @@ def _send(signum: int, procs: list[psutil.Process]) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):  # it may exit before its turn
             proc.send_signal(signum)
-
-
-def _running(proc: psutil.Process) -> bool:
-    """Whether ``proc`` still runs. Our own exited child is reaped here; any other zombie has ended too,
-    and waits only for its parent (init, for a daemon) to reap it."""
-    try:
-        proc.wait(timeout=0)
-        return False
-    except psutil.TimeoutExpired:
-        pass
-    except psutil.NoSuchProcess:
-        return False
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _wait_ended(procs: list[psutil.Process], deadline: float) -> list[psutil.Process]:
-    """Those of ``procs`` still running at ``deadline`` (``time.monotonic()``)."""
-    while (running := [proc for proc in procs if _running(proc)]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return running
 
 
 def wait_until(check, *, timeout_s: float, what: str, log: Path | None = None, record: PidRecord | None = None) -> None:
