@@ -7,7 +7,10 @@ Recipe: config -> the models at the alias (resolved once, so every actor serves 
 -> prompt lines parsed on the driver (bad ones counted with their line) -> Ray Data actor pool, one
 model load per actor, each prompt's storybook (story.json, PNGs, index.html) under --out/<id>/
 -> --out/summary.json and where to look. A prompt line is {"text": ..., "image"?: ..., "segments"?:
-..., "seed"?: ..., "id"?: ...}; a relative image path is relative to the prompts file.
+..., "seed"?: ..., "id"?: ...}; a relative image path is relative to the prompts file. A prompt asking for
+more than --max-segments is bad: one prompt must not hold an actor for hours. A local --out or image is
+a path on the driver's machine, so the actors then run on the driver's node; on a cluster of many
+machines, give s3:// paths.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="folder for the storybooks and summary.json (local or s3://)")
     parser.add_argument("--alias", default=CANDIDATE, help=f"registry alias of the models (default: {CANDIDATE})")
     parser.add_argument("--segments", type=int, default=None, help="default segments per story (default: story.segments)")
+    parser.add_argument("--max-segments", type=int, default=100, help="the most segments a prompt may ask for")
     parser.add_argument("--actors", type=int, default=1, help="model replicas in the actor pool (default: 1)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each actor reserves (default: 1)")
     add_config_arguments(parser)
@@ -41,15 +45,15 @@ def main() -> None:
     parser = arguments()
     args = parser.parse_args()
     config = config_from_args(args)
-    if args.segments is not None and args.segments < 1:
-        parser.error(f"--segments must be at least 1, got {args.segments}")
+    segments = config.story.segments if args.segments is None else args.segments
+    if not 1 <= segments <= args.max_segments:
+        parser.error(f"--segments must be in [1, --max-segments={args.max_segments}], got {segments}")
     out = output_folder(args.out)
     check_writable(out)
 
     sources = resolve_models(config, model_references(config, args.alias))
     lines = read_prompt_lines(args.prompts)
-    prompts, bad = prepare_prompts(lines, prompts_folder(args.prompts),
-                                   args.segments or config.story.segments)
+    prompts, bad = prepare_prompts(lines, prompts_folder(args.prompts), segments, args.max_segments)
     print(f"{len(lines)} prompt lines: {len(prompts)} to write, {len(bad)} bad", flush=True)
 
     results = write_storybooks(config, prompts, sources, out, args.actors, args.cpus_per_actor)

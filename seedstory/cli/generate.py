@@ -34,17 +34,15 @@ def _refused(err: Exception | str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from seedstory.generation.pipeline import (
-        StoryInputError, StoryModels, StoryPipeline, model_references, resolve_models,
+        StoryInputError, StoryModels, StoryPipeline, model_references, request_settings, resolve_models,
     )
     from seedstory.generation.storybook import save_storybook
     from seedstory.models.weights import WeightsError
     from seedstory.storage import check_writable
 
     config = config_from_args(args)
-    segments = config.story.segments if args.segments is None else args.segments
     try:
-        if segments < 1:
-            raise StoryInputError(f"segments: must be at least 1, got {segments}")
+        settings = request_settings(config.story, args.segments, args.seed)
         text, image = _opening(args, config)
         sources = resolve_models(config, model_references(config, args.alias, args.mllm, args.detokenizer))
     except (StoryInputError, LookupError, ValueError, FileNotFoundError) as err:
@@ -57,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
         pipeline = StoryPipeline(StoryModels.load(sources), config)
     except (WeightsError, FileNotFoundError) as err:
         return _refused(f"models: {err}")
-    try:  # the opening's length in tokens is checked once the tokenizer is loaded (and the seed with the settings)
-        story = pipeline.write(text, image, segments=segments, seed=args.seed)
+    try:  # the opening's length in tokens is checked once the tokenizer is loaded
+        story = pipeline.write(text, image, segments=settings.segments, seed=settings.seed)
     except StoryInputError as err:
         return _refused(err)
     print(f"opening: {story.opening}", flush=True)

@@ -3,8 +3,12 @@
 A prompts file is JSON Lines, one story a line: ``{"text": str, "image"?: URI, "segments"?: int,
 "seed"?: int, "id"?: str}``; a relative ``image`` is relative to the prompts file's folder. The
 lines are read on the driver (they are small) so every bad prompt keeps its line number. A bad
-prompt (broken JSON, no text, a reused id, an unreadable image, segments < 1) is counted and
-skipped; anything else is a broken pipeline and fails the job.
+prompt (broken JSON, no text, a reused id, an unreadable image, segments outside [1, max_segments])
+is counted and skipped; anything else is a broken pipeline and fails the job.
+
+A local path (the output folder, a prompt's image) is a path on the driver's machine, so when any is
+local the actor pool runs on the driver's node: on a cluster of many machines, storybooks written
+anywhere else would land on whichever node's disk an actor happened to run on.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from seedstory.config import SeedStoryConfig
 from seedstory.config.generation import SEED_LIMIT
@@ -50,7 +55,7 @@ def read_prompt_lines(uri: str) -> list[dict[str, Any]]:
     return [{"line": n, "text": text} for n, text in enumerate(lines, start=1) if text.strip()]
 
 
-def parse_prompt(raw: bytes, line: int, base: str, default_segments: int) -> Prompt:
+def parse_prompt(raw: bytes, line: int, base: str, default_segments: int, max_segments: int) -> Prompt:
     """One prompt line; ``StoryInputError`` names what is wrong with it."""
     try:
         item = json.loads(raw.decode("utf-8"))
@@ -67,8 +72,8 @@ def parse_prompt(raw: bytes, line: int, base: str, default_segments: int) -> Pro
     if not isinstance(text, str) or not text.strip():
         raise StoryInputError("text: missing or empty")
     segments = item.get("segments", default_segments)
-    if not isinstance(segments, int) or isinstance(segments, bool) or segments < 1:
-        raise StoryInputError(f"segments: must be an integer >= 1, got {segments!r}")
+    if not isinstance(segments, int) or isinstance(segments, bool) or not 1 <= segments <= max_segments:
+        raise StoryInputError(f"segments: must be an integer in [1, {max_segments}], got {segments!r}")
     seed = item.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT):
         raise StoryInputError(f"seed: must be an integer in [0, {SEED_LIMIT}), got {seed!r}")
@@ -98,7 +103,7 @@ def output_folder(uri: str) -> str:
     return uri if is_remote(uri) else os.path.abspath(uri)
 
 
-def prepare_prompts(lines: list[dict[str, Any]], base: str, default_segments: int
+def prepare_prompts(lines: list[dict[str, Any]], base: str, default_segments: int, max_segments: int
                     ) -> tuple[list[Prompt], list[dict[str, Any]]]:
     """Parse every line on the driver: the valid prompts, and each bad one with its line and reason.
 
@@ -109,7 +114,7 @@ def prepare_prompts(lines: list[dict[str, Any]], base: str, default_segments: in
     first_line: dict[str, int] = {}
     for line in lines:
         try:
-            prompt = parse_prompt(line["text"], line["line"], base, default_segments)
+            prompt = parse_prompt(line["text"], line["line"], base, default_segments, max_segments)
             if prompt.id in first_line:
                 raise StoryInputError(f"id: {prompt.id!r} is already used by line {first_line[prompt.id]}")
         except StoryInputError as err:
@@ -167,16 +172,33 @@ def summarize(results: list[dict[str, Any]], bad: list[dict[str, Any]], prompts_
     }
 
 
+def actor_placement(out: str, prompts: list[Prompt], actors: int, cpus_per_actor: float) -> dict[str, Any]:
+    """Ray options that keep the actor pool on the driver's node when ``out`` or a prompt's image is a local
+    path (none when everything is in object storage); raises when that node cannot hold the pool, which
+    would otherwise wait for CPUs that never come (a cluster's head often has none for tasks)."""
+    local = [uri for uri in (out, *(p.image for p in prompts if p.image)) if not is_remote(uri)]
+    if not local:
+        return {}
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next(n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node)
+    if actors * cpus_per_actor > cpus:
+        raise ValueError(f"{local[0]} is a local path, so the story writers must run on the driver's node, whose "
+                         f"{cpus:g} CPU(s) cannot hold {actors} actors of {cpus_per_actor:g}: use s3:// paths to "
+                         "write on the whole cluster, or fewer actors")
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+
+
 def write_storybooks(config: SeedStoryConfig, prompts: list[Prompt], sources: dict[str, ResolvedSource], out: str,
                      actors: int = 1, cpus_per_actor: float = 1.0) -> list[dict[str, Any]]:
     """Each prompt's storybook under ``out/<id>/`` from a Ray Data actor pool: a row per prompt
     (``detail`` names why a prompt could not be written)."""
     if not prompts:
         return []
+    size = min(actors, len(prompts))
     stories = ray.data.from_items([asdict(p) for p in prompts]).map_batches(
-        StoryWriter, batch_size=1, num_cpus=cpus_per_actor,
-        compute=ray.data.ActorPoolStrategy(size=min(actors, len(prompts))),
+        StoryWriter, batch_size=1, num_cpus=cpus_per_actor, compute=ray.data.ActorPoolStrategy(size=size),
         fn_constructor_kwargs={"config": config.model_dump(mode="json"), "out": out,
                                "sources": {name: asdict(source) for name, source in sources.items()}},
+        **actor_placement(out, prompts, size, cpus_per_actor),
     )
     return stories.take_all()

@@ -228,6 +228,17 @@ class WrittenSegment:
     stats: SegmentStats
 
 
+def request_settings(story: StoryConfig, segments: int | None = None, seed: int | None = None) -> StoryConfig:
+    """``story`` with a request's segment count and seed (``story``'s when not given). It needs no model, so
+    a command line can refuse a bad request before it loads one."""
+    if segments is not None and segments < 1:
+        raise StoryInputError(f"segments: must be at least 1, got {segments}")
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise StoryInputError(f"seed: must be in [0, {SEED_LIMIT}), got {seed}")
+    return story.model_copy(update={"segments": segments or story.segments,
+                                    "seed": story.seed if seed is None else seed})
+
+
 class StoryWriter:
     """The MLLM half of a story, without painting: an opening in, written segments out.
 
@@ -244,14 +255,7 @@ class StoryWriter:
         self.separator_ids = tokenizer.encode(INST, add_special_tokens=False)
 
     def settings(self, segments: int | None = None, seed: int | None = None) -> StoryConfig:
-        """``story`` with this request's segment count and seed (the config's when not given)."""
-        if segments is not None and segments < 1:
-            raise StoryInputError(f"segments: must be at least 1, got {segments}")
-        if seed is not None and not 0 <= seed < SEED_LIMIT:
-            raise StoryInputError(f"seed: must be in [0, {SEED_LIMIT}), got {seed}")
-        return self.config.story.model_copy(update={
-            "segments": segments or self.config.story.segments,
-            "seed": self.config.story.seed if seed is None else seed})
+        return request_settings(self.config.story, segments, seed)
 
     def opening(self, text: str, image: Image.Image | None) -> StoryStart:
         """BOS + the sentence, and the image's ViT features, as training's first frame."""

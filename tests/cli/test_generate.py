@@ -74,7 +74,8 @@ def test_generate_from_a_dataset_story(story_models, tmp_path):
     (["--text", "Tom waits.", "--image", "{tmp}/missing.png"], "image: cannot read {tmp}/missing.png"),
     (["--text", "Tom waits.", "--image", "{tmp}/not-an-image.png"], "image: {tmp}/not-an-image.png: cannot decode"),
     (["--text", "Tom waits.", "--alias", "nonesuch"], "@nonesuch: no such registered model version"),
-    (["--text", "Tom waits.", "--seed", "4294967296"], "seed: must be in [0, 4294967296), got 4294967296"),
+    (["--text", "Tom waits.", "--seed", "4294967296", "--mllm", "{tmp}/no-export"],
+     "seed: must be in [0, 4294967296), got 4294967296"),
     (["--text", "Tom waits. " * 300], "more than half the model's context"),
     (["--text", "Tom waits.", "--image", ""], "image: empty"),
     (["--text", "Tom waits.", "--mllm", "{tmp}/no-export"], "models: weights not found: {tmp}/no-export"),
@@ -82,7 +83,8 @@ def test_generate_from_a_dataset_story(story_models, tmp_path):
     (["--text", "Tom waits.", "--out", "{tmp}/not-an-image.png/out"], "out: cannot write to {tmp}/not-an-image.png/out"),
 ])
 def test_bad_input_exits_non_zero_naming_it(story_models, tmp_path, capsys, arguments, problem):
-    """Each exits 2 naming the problem and writes nothing; the output folder is checked before any model loads."""
+    """Each exits 2 naming the problem and writes nothing; the seed and the output folder are checked before any
+    model loads (a bad seed is named even when the MLLM it would load is missing)."""
     (tmp_path / "not-an-image.png").write_text("hello")
     arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
     out = [] if "--out" in arguments else ["--out", str(tmp_path / "out")]

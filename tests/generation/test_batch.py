@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import runpy
 import subprocess
 import sys
 import uuid
@@ -26,7 +28,7 @@ def _lines(*texts: str | bytes) -> list[dict]:
 
 def test_prompts_are_parsed_with_defaults_and_relative_images():
     prompts, bad = prepare_prompts(_lines('{"text": "Tom waits.", "image": "a.png", "id": "first"}',
-                                          '{"text": "Mia runs.", "segments": 3, "seed": 7}'), "s3://b/prompts", 5)
+                                          '{"text": "Mia runs.", "segments": 3, "seed": 7}'), "s3://b/prompts", 5, 10)
     assert bad == []
     assert (prompts[0].id, prompts[0].image, prompts[0].segments, prompts[0].seed) == ("first", "s3://b/prompts/a.png", 5, None)
     assert (prompts[1].id, prompts[1].image, prompts[1].segments, prompts[1].seed) == ("line-000002", None, 3, 7)
@@ -37,7 +39,7 @@ def test_relative_images_are_read_from_the_prompts_files_folder(tmp_path, monkey
     assert prompts_folder("prompts.jsonl") == str(tmp_path)
     assert prompts_folder("in/prompts.jsonl") == str(tmp_path / "in")
     assert prompts_folder("s3://b/in/prompts.jsonl") == "s3://b/in"
-    prompts, _ = prepare_prompts(_lines('{"text": "Tom waits.", "image": "a.png"}'), prompts_folder("prompts.jsonl"), 1)
+    prompts, _ = prepare_prompts(_lines('{"text": "Tom waits.", "image": "a.png"}'), prompts_folder("prompts.jsonl"), 1, 10)
     assert prompts[0].image == f"{tmp_path}/a.png"
 
 
@@ -46,12 +48,14 @@ def test_every_bad_prompt_is_named_with_its_line():
         '{"text": "ok", "id": "a"}', "{not json", '{"image": "x.png"}', '{"text": "x", "segments": 0}',
         '{"text": "x", "id": "a"}', '{"text": "x", "id": "../up"}', '{"text": "x", "colour": 1}', '["x"]',
         '{"text": "x", "seed": 4294967296}', b'{"text": "caf\xe9"}', '{"text": "x", "id": "summary.json"}',
-        '{"text": "x", "image": ""}', '{"text": "x", "id": null}',
-    ), "/p", 2)
-    assert [p.id for p in prompts] == ["a", "line-000013"]
+        '{"text": "x", "image": ""}', '{"text": "x", "id": null}', '{"text": "x", "segments": 11}',
+        '{"text": "x", "segments": 10}',
+    ), "/p", 2, 10)
+    assert [p.id for p in prompts] == ["a", "line-000013", "line-000015"]
     details = {entry["line"]: entry["detail"] for entry in bad}
     assert details[2].startswith("not JSON") and details[3] == "text: missing or empty"
-    assert details[4].startswith("segments: must be an integer >= 1")
+    assert details[4] == "segments: must be an integer in [1, 10], got 0"
+    assert details[14] == "segments: must be an integer in [1, 10], got 11"
     assert details[5] == "id: 'a' is already used by line 1" and details[6].startswith("id: '../up'")
     assert details[7] == "unknown field(s) colour" and details[8].startswith("a prompt is a JSON object")
     assert details[9] == "seed: must be an integer in [0, 4294967296), got 4294967296"
@@ -64,6 +68,37 @@ def test_prompt_lines_are_decoded_one_by_one(tmp_path):
     (tmp_path / "prompts.jsonl").write_bytes(b'{"text": "caf\xe9"}\n\n  \n{"text": "ok"}\r\n')
     lines = read_prompt_lines(str(tmp_path / "prompts.jsonl"))
     assert lines == [{"line": 1, "text": b'{"text": "caf\xe9"}'}, {"line": 4, "text": b'{"text": "ok"}'}]
+
+
+@pytest.mark.parametrize("flags, shown", [(["--segments", "0"], "got 0"), (["--segments", "11"], "got 11"),
+                                           (["--max-segments", "9"], "got 10")])
+def test_batch_job_refuses_default_segments_outside_its_bound_before_loading_anything(
+        tmp_path, monkeypatch, capsys, flags, shown):
+    """The default comes from story.segments (10 in tiny) when --segments is not given."""
+    monkeypatch.setattr(sys, "argv", ["generate_stories.py", "--config", "tiny", "--prompts", str(tmp_path / "p.jsonl"),
+                                      "--out", str(tmp_path / "out"), "--max-segments", "10", *flags])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(REPO_ROOT / "jobs" / "generate_stories.py"), run_name="__main__")
+    bound = flags[1] if flags[0] == "--max-segments" else "10"
+    assert exited.value.code == 2
+    assert f"--segments must be in [1, --max-segments={bound}], {shown}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_local_paths_keep_the_actor_pool_on_the_drivers_node(tmp_path):
+    """On two nodes, the pool spreads when every path is in object storage (Ray Data's default) and stays on the
+    driver's node when the output folder or an image is local; a driver's node too small for it is refused."""
+    out = tmp_path / "placement.json"
+    env = {name: value for name, value in os.environ.items() if name != "RAY_AUTH_MODE"}  # not the stack's Ray
+    done = subprocess.run([sys.executable, "-m", "tests.generation.placement", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["worker"] in report["remote"], "with nothing local, the pool may use every node"
+    assert report["local_out"] == report["local_image"] == [report["driver"]]
+    assert report["refused"] == ("/tmp/stories is a local path, so the story writers must run on the driver's node, "
+                                 "whose 1 CPU(s) cannot hold 3 actors of 0.5: use s3:// paths to write on the whole "
+                                 "cluster, or fewer actors")
 
 
 @pytest.mark.stack
