@@ -18,8 +18,6 @@ import numpy as np
 import ray
 from ray.cluster_utils import Cluster
 
-from seedstory.generation.batch import Prompt, actor_placement
-
 
 class WhereAmI:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
@@ -32,11 +30,13 @@ def nodes(options: dict) -> list[str]:
     return sorted({row["node"] for row in rows})
 
 
-def prompt(image: str) -> Prompt:
-    return Prompt(line=1, id="a", text="Tom waits.", image=image, segments=1, seed=None)
-
-
 def main(out: Path) -> None:
+    # Imported here, not above: every actor imports this module for WhereAmI, and the batch module brings torch.
+    from seedstory.generation.batch import Prompt, actor_placement
+
+    def prompt(image: str) -> Prompt:
+        return Prompt(line=1, id="a", text="Tom waits.", image=image, segments=1, seed=None)
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     worker = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
