@@ -235,7 +235,7 @@ def request_settings(story: StoryConfig, segments: int | None = None, seed: int 
         raise StoryInputError(f"segments: must be at least 1, got {segments}")
     if seed is not None and not 0 <= seed < SEED_LIMIT:
         raise StoryInputError(f"seed: must be in [0, {SEED_LIMIT}), got {seed}")
-    return story.model_copy(update={"segments": segments or story.segments,
+    return story.model_copy(update={"segments": story.segments if segments is None else segments,
                                     "seed": story.seed if seed is None else seed})
 
 
