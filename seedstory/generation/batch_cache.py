@@ -16,12 +16,16 @@ packed forward runs under):
   row to the last, so attention reads the buffers in place (a view, never a gathered copy of every
   row's cache). Each decoding row's plan names the slot its token goes to; a row in the range that
   is not decoding (a story in a chunk of this forward, or no story) is carried as a masked dummy
-  whose token goes to the row's scratch slot, one slot past the capacity, which no mask ever exposes;
+  whose token goes to the row's scratch slot, one slot past the capacity, which no mask ever exposes.
+  The view ends at the group's longest row and the model's own attention reads it, or, where that is
+  slow (a CPU in bf16), it is of whole rows and ``decode_attention`` reads it;
 - chunks (prompt pieces, image blocks, the image-query preview): each row's held keys are gathered
   and the chunk appended, causal within the chunk; what the row's policy keeps is then stored.
 
 Each row's queries take that row's own absolute positions; a group's mask is additive (0 or the
-dtype's minimum) and goes to the model's own attention implementation (eager or SDPA), group by group.
+dtype's minimum) and goes, group by group, to the model's own attention implementation (eager or
+SDPA), but for decoding over whole rows. A row is zeroed when a story opens it, so nothing its
+previous story left (a non-finite value included) reaches a masked slot's product.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class ForwardGroup:
     place in the packed sequence (``offset``; covered row ``i``'s tokens start at ``offset + i * q``)."""
 
     def __init__(self, rows: list[int], plans: list[StepPlan], scratch: int, offset: int,
-                 device: torch.device) -> None:
+                 device: torch.device, whole_rows: bool) -> None:
         self.rows = rows
         self.plans = plans
         self.q = plans[0].q
@@ -61,11 +65,12 @@ class ForwardGroup:
         self.decode = self.q == 1 and all(p.decode_slot is not None for p in plans)
         if not self.decode and any(p.decode_slot is not None for p in plans):
             raise RuntimeError("a group mixes decode plans with chunk plans: they read different slots")
+        self.whole_rows = self.decode and whole_rows
         if self.decode:
             self.covered = list(range(rows[0], rows[-1] + 1))
             slots = dict.fromkeys(self.covered, scratch) | {row: p.decode_slot for row, p in zip(rows, plans)}
             self.decode_slots = torch.tensor([slots[row] for row in self.covered], device=device)
-            self.kv_length = max(p.stored_after for p in plans)
+            self.kv_length = scratch + 1 if self.whole_rows else max(p.stored_after for p in plans)
         else:
             self.covered = rows
             self.kv_length = self.held + self.q
@@ -112,9 +117,28 @@ def batch_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     attend = ALL_ATTENTION_FUNCTIONS.get_interface(batch_forward.attention, eager)
     outputs = []
     for group, mask, (keys, values) in zip(batch_forward.groups, batch_forward.masks, batch_forward.attended):
-        out, _ = attend(module, group.unpack(query), keys, values, mask, **kwargs)
+        if group.whole_rows:
+            out = decode_attention(group.unpack(query), keys, values, mask, kwargs["scaling"])
+        else:
+            out, _ = attend(module, group.unpack(query), keys, values, mask, **kwargs)
         outputs.append(out.flatten(0, 1))
     return torch.cat(outputs)[None], None
+
+
+def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                     scaling: float) -> torch.Tensor:
+    """One query per row against whole rows of the buffers, read in place: ``[rows, 1, heads, dim]``.
+
+    Decoding is bound by how fast attention reads the cache. On a CPU in bf16, SDPA's kernel reads one
+    query's cache at about a third of the bandwidth of two batched products over whole rows. Whole,
+    because each row is then one block, which the products read where it lies; a view that ends
+    before the rows' end, the CPU's batched product copies first. Eager attention would also repeat
+    grouped-query attention's keys in a copy; here a key-value head's query heads share its keys."""
+    rows, heads, _, dim = query.shape
+    queries = query.reshape(rows, keys.shape[1], -1, dim)
+    scores = torch.matmul(queries, keys.transpose(2, 3)) * scaling + mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(probs, values).view(rows, heads, 1, dim).transpose(1, 2)
 
 
 AttentionInterface.register(BATCH_ATTENTION, batch_attention)
@@ -193,10 +217,16 @@ class BatchSinkLayer(CacheLayerMixin):
 
 
 class BatchSinkCache(Cache):
-    """Dense / window / sink / mm-sink KV cache of ``rows`` stories, absolute or re-rotated positions."""
+    """Dense / window / sink / mm-sink KV cache of ``rows`` stories, absolute or re-rotated positions.
+
+    ``decode_whole_rows``: decoding reads whole rows with ``decode_attention`` rather than the rows'
+    longest prefix with the model's attention. None chooses it where it is the faster: on a CPU in
+    bf16, whose SDPA kernel reads one query's cache slowly (in fp32 that kernel is the faster).
+    """
 
     def __init__(self, config: AttentionSinkConfig, model_config: PreTrainedConfig, rows: int, *,
-                 dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+                 dtype: torch.dtype, device: torch.device | str = "cpu", decode_whole_rows: bool | None = None
+                 ) -> None:
         text = model_config.get_text_config(decoder=True)
         self.config = config
         self.rerotate = config.positions == "rerotate"
@@ -218,6 +248,9 @@ class BatchSinkCache(Cache):
         self.token_bytes = 2 * text.num_key_value_heads * head_dim * dtype.itemsize * text.num_hidden_layers
         self.dtype = dtype
         self.device = torch.device(device)
+        if decode_whole_rows is None:
+            decode_whole_rows = self.device.type == "cpu" and dtype == torch.bfloat16
+        self.decode_whole_rows = decode_whole_rows
         self.current: BatchForward | None = None
 
     @property
@@ -225,9 +258,14 @@ class BatchSinkCache(Cache):
         return len(self.tables)
 
     def open(self, row: int) -> None:
-        """A fresh story in ``row`` (whatever its buffers hold is never read: no slot of it is valid)."""
+        """A fresh story in ``row``, its buffers zeroed: attention multiplies masked slots by zero, and a
+        non-finite value the previous story left there would survive that product."""
         if self.tables[row] is not None:
             raise ValueError(f"row {row} holds a story")
+        for layer in self.layers:
+            for buffer in (layer.keys, layer.values, layer.pristine_keys):
+                if buffer is not None:
+                    buffer[row].zero_()
         self.tables[row] = SlotTable(RetentionPolicy(self.config), rerotate=self.rerotate,
                                      initial_capacity=self.capacity)
 
@@ -269,7 +307,8 @@ class BatchSinkCache(Cache):
         for (rows, _, _), group_plans in zip(groups, plans):  # only once every row's plan is known to fit
             for row, plan in zip(rows, group_plans):
                 self.table(row).apply(plan)
-            built.append(ForwardGroup(rows, group_plans, self.capacity, offset, self.device))
+            built.append(ForwardGroup(rows, group_plans, self.capacity, offset, self.device,
+                                      self.decode_whole_rows))
             offset += built[-1].tokens
         positions = torch.cat([self._positions(group) for group in built])[None].to(self.device)
         self.current = BatchForward(built, positions, [self._mask(group) for group in built])

@@ -112,11 +112,12 @@ class StoryEngine:
     ``submit`` and ``cancel`` may be called from any thread; they take effect at the next step. A
     failed forward ends every story in the engine with its error (``abort``) and is raised: after it,
     no row can be trusted. A story whose own program fails ends alone with its error; a listener that
-    fails is logged and ends nothing.
+    fails is logged and ends nothing. ``decode_whole_rows`` is ``BatchSinkCache``'s.
     """
 
     def __init__(self, model: StoryModel, cache: AttentionSinkConfig, *, max_stories: int, eos_id: int,
-                 separator_ids: Sequence[int] = (), prompt_chunk: int = 64) -> None:
+                 separator_ids: Sequence[int] = (), prompt_chunk: int = 64,
+                 decode_whole_rows: bool | None = None) -> None:
         if max_stories < 1 or prompt_chunk < 1:
             raise ValueError(f"max_stories and prompt_chunk must be at least 1, got {max_stories}, {prompt_chunk}")
         self.model = model
@@ -125,7 +126,8 @@ class StoryEngine:
         self.separator_ids = list(separator_ids)
         self.prompt_chunk = prompt_chunk
         dtype = next(model.llm.parameters()).dtype
-        self.cache = BatchSinkCache(cache, model.llm.config, max_stories, dtype=dtype, device=model.llm.device)
+        self.cache = BatchSinkCache(cache, model.llm.config, max_stories, dtype=dtype, device=model.llm.device,
+                                    decode_whole_rows=decode_whole_rows)
         self.rows: list[EngineStory | None] = [None] * max_stories
         self._waiting: deque[EngineStory] = deque()
         self._lock = threading.Lock()

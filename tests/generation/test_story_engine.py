@@ -35,9 +35,10 @@ def settings(kind: int, **story) -> StoryConfig:
                           "on_text_budget": "force-image", **story})
 
 
-def engine(model, cache: AttentionSinkConfig, max_stories: int, prompt_chunk: int = 3) -> StoryEngine:
+def engine(model, cache: AttentionSinkConfig, max_stories: int, prompt_chunk: int = 3,
+           decode_whole_rows: bool = False) -> StoryEngine:
     return StoryEngine(model, cache, max_stories=max_stories, eos_id=EOS, separator_ids=SEPARATOR,
-                       prompt_chunk=prompt_chunk)
+                       prompt_chunk=prompt_chunk, decode_whole_rows=decode_whole_rows)
 
 
 @pytest.fixture(scope="module", params=["eager", "sdpa"])
@@ -59,11 +60,13 @@ def alone(request, mllm):
     return cache, stories
 
 
+@pytest.mark.parametrize("decode_whole_rows", [False, True], ids=["longest-prefix", "whole-rows"])
 @pytest.mark.parametrize("max_stories", [1, 3, 8])
-def test_a_story_in_a_batch_equals_the_story_alone(mllm, alone, max_stories):
-    """Greedy, stories arriving at different steps: identical token ids, features within 1e-5 (eager and SDPA)."""
+def test_a_story_in_a_batch_equals_the_story_alone(mllm, alone, max_stories, decode_whole_rows):
+    """Greedy, stories arriving at different steps: identical token ids, features within 1e-5 (eager and
+    SDPA, decoding through the model's attention or through ``decode_attention`` over whole rows)."""
     cache, expected = alone
-    batched = engine(mllm, cache, max_stories)
+    batched = engine(mllm, cache, max_stories, decode_whole_rows=decode_whole_rows)
     stories = []
     for seed in range(STORIES):
         stories.append(batched.submit(start(mllm, seed), settings(seed)))
@@ -98,6 +101,24 @@ def test_rows_are_reused_and_memory_stays_fixed_over_100_joins_and_leaves(mllm):
     assert most_active == 3 and {story.row for story in stories} == {0, 1, 2}
     assert [(t.data_ptr(), t.numel()) for layer in batched.cache.layers for t in (layer.keys, layer.values)] == buffers
     assert batched.cache.tensor_bytes() == allocated and batched.cache.tables == [None] * 3
+
+
+def test_a_row_keeps_nothing_of_its_previous_story(mllm):
+    """Even a non-finite value left in a row's buffers, which decoding over whole rows reads (masked)."""
+    batched = engine(mllm, CACHES["mm-sink"], max_stories=1, decode_whole_rows=True)
+    batched.submit(start(mllm, 1), settings(1))
+    batched.run()
+    for layer in batched.cache.layers:
+        layer.keys.fill_(float("nan"))
+        layer.values.fill_(float("nan"))
+    story = batched.submit(start(mllm, 2), settings(2))
+    batched.run()
+    loop = StoryGenerator(mllm, settings(2), CACHES["mm-sink"], eos_id=EOS, separator_ids=SEPARATOR)
+    expected = list(loop.generate(start(mllm, 2)))
+    assert story.outcome is Outcome.COMPLETED
+    assert [s.text_ids for s in story.segments] == [s.text_ids for s in expected]
+    for mine, theirs in zip(story.segments, expected):
+        torch.testing.assert_close(mine.features, theirs.features, rtol=0, atol=1e-5)
 
 
 def test_decode_forwards_tally_the_keys_and_values_their_stories_held(mllm):
